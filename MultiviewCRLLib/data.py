@@ -1,0 +1,119 @@
+"""Subject-level splits and cached paired datasets for training and evaluation."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from monai.data import Dataset, PersistentDataset
+from monai.transforms import Compose, RandAffined, RandScaleIntensityd, RandShiftIntensityd
+
+from .config import PreprocessingConfig
+from .discovery import Pair
+from .preprocessing import file_transforms, mask_key
+
+VIEW_KEYS = ("t1", "t2")
+SPLIT_NAMES = ("train", "val", "test")
+DEFAULT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
+
+
+def split_subjects(subjects: list[str], seed: int, fractions: dict[str, float] = DEFAULT_FRACTIONS) -> dict[str, str]:
+    """Subject -> train/val/test: a seeded permutation cut at the cumulative fractions."""
+    order = [subjects[i] for i in np.random.default_rng(seed).permutation(len(subjects))]
+    total = sum(fractions[s] for s in SPLIT_NAMES)
+    bounds = np.rint(np.cumsum([fractions[s] / total for s in SPLIT_NAMES]) * len(order)).astype(int)
+    starts = [0, *bounds[:-1]]
+    return {subject: name for name, a, b in zip(SPLIT_NAMES, starts, bounds) for subject in order[a:b]}
+
+
+def assign_splits(
+    pairs: list[Pair], seed: int, fractions: dict[str, float] = DEFAULT_FRACTIONS, stratify: str | None = None
+) -> dict[str, str]:
+    """Subject -> split. A split given by the data wins; the rest are split by subject, seeded.
+
+    With ``stratify``, the subjects of each value of that label are split separately, so every
+    split sees the label's values in about the same proportions. Sessions of one subject always
+    share a split.
+    """
+    given = {p.subject: p.split for p in pairs if p.split}
+    unknown = sorted(set(given.values()) - set(SPLIT_NAMES))
+    if unknown:
+        raise ValueError(f"unknown split names {unknown}; use {', '.join(SPLIT_NAMES)}")
+    strata: dict[str, dict[str, None]] = defaultdict(dict)  # ordered sets of subjects
+    for p in pairs:
+        if p.subject not in given:
+            strata[p.labels.get(stratify, "") if stratify else ""][p.subject] = None
+    splits = dict(given)
+    for index, (_, subjects) in enumerate(sorted(strata.items())):
+        splits.update(split_subjects(list(subjects), seed + index, fractions))
+    return splits
+
+
+def write_splits(splits: dict[str, str], path: Path) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(["subject", "split"])
+        writer.writerows(sorted(splits.items()))
+    return Path(path)
+
+
+def read_splits(path: Path) -> dict[str, str]:
+    with open(path, newline="") as f:
+        return {row["subject"]: row["split"] for row in csv.DictReader(f, delimiter="\t")}
+
+
+def augmentation(seed: int = 0) -> Compose:
+    """Training augmentation: one random spatial transform shared by both views of a subject,
+    and independent small intensity jitter per view. Tensors are (1, X, Y, Z)."""
+    both = list(VIEW_KEYS) + [mask_key(k) for k in VIEW_KEYS]
+    transforms = [
+        RandAffined(
+            both,
+            prob=0.8,
+            rotate_range=(0.1, 0.1, 0.1),
+            translate_range=(4, 4, 4),
+            scale_range=(0.05, 0.05, 0.05),
+            mode=["bilinear", "bilinear", "nearest", "nearest"],
+            padding_mode="zeros",
+        )
+    ]
+    for key in VIEW_KEYS:  # one transform per view: the draws are independent
+        transforms += [RandScaleIntensityd(key, factors=0.05, prob=0.5), RandShiftIntensityd(key, offsets=0.05, prob=0.5)]
+    pipeline = Compose(transforms)
+    pipeline.set_random_state(seed=seed)
+    return pipeline
+
+
+def _stamped_item(pair: Pair) -> dict:
+    """A dataset item whose cache key changes when either file changes (size and mtime)."""
+    item = pair.as_item()
+    for key in VIEW_KEYS:
+        stat = Path(item[key]).stat()
+        item[f"stamp_{key}"] = f"{stat.st_size}-{stat.st_mtime_ns}"
+    return item
+
+
+def paired_dataset(
+    pairs: list[Pair],
+    config: PreprocessingConfig,
+    cache_root: Path | None = None,
+    augment: bool = False,
+    seed: int = 0,
+) -> Dataset:
+    """A MONAI dataset of {"subject", "t1", "t2", "mask_t1", "mask_t2"}; volumes (1, *spatial_size).
+
+    With ``cache_root`` the deterministic preprocessing is paid once: results persist under
+    ``cache_root/<config fingerprint>``, so a changed preprocessing config never reuses them.
+    Augmentation, when on, runs after the cache.
+    """
+    transforms = list(file_transforms(VIEW_KEYS, config).transforms)
+    if augment:
+        transforms += list(augmentation(seed).transforms)
+    items = [_stamped_item(p) for p in pairs]
+    if cache_root is None:
+        return Dataset(items, Compose(transforms))
+    cache_dir = Path(cache_root) / config.fingerprint()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return PersistentDataset(items, Compose(transforms), cache_dir=cache_dir)

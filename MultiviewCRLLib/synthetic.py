@@ -1,0 +1,478 @@
+"""The embedded synthetic cohort: paired T1-weighted / T2-weighted brain MRI with known factors.
+
+Anatomy comes from the MNI ICBM152 2009a template and its grey/white-matter probability maps,
+which ship inside the nilearn wheel (CSF = brain - GM - WM, clipped to [0, 1]). Each subject gets
+*content* factors (anatomy, shared by both views) and each view gets its own *style* factors
+(sequence, bias field, noise, gain). Signals follow the spin-echo equation
+
+    S = PD * (1 - exp(-TR / T1)) * exp(-TE / T2)
+
+with per-tissue values from the BrainWeb 1.5 T table (Kwan et al., IEEE TMI 1999), mixed by tissue
+probability (partial volume). Images are skull-stripped, as the preprocessed cohorts the pipeline
+is built for: zero outside the brain, Rician noise inside it.
+
+Run ``python -m MultiviewCRLLib.synthetic --out DIR --subjects N --seed S`` to write a BIDS
+dataset with ``participants.tsv`` holding every factor and a subject-level ``split`` column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+from scipy.stats import qmc
+
+from .data import split_subjects
+
+VIEWS = ("T1w", "T2w")
+
+# BrainWeb 1.5 T tissue parameters (Kwan et al., IEEE TMI 1999): T1 ms, T2 ms, PD.
+# The lesion row is a chronic white-matter lesion: longer T1 and T2 than white matter, so it is
+# dark on T1w and bright on T2w.
+TISSUES = {
+    "CSF": (2569.0, 329.0, 1.00),
+    "GM": (833.0, 83.0, 0.86),
+    "WM": (500.0, 70.0, 0.77),
+    "lesion": (1100.0, 160.0, 0.85),
+}
+
+# Factor ranges: (low, high) of a uniform draw. Documented in participants.json too.
+CONTENT_RANGES = {
+    "brain_scale": (0.92, 1.08),  # isotropic scale about the brain centre
+    "ventricle_enlargement": (0.0, 0.45),  # radial expansion around the lateral ventricles
+    "deform_1": (-1.0, 1.0),  # smooth bending modes, amplitude DEFORM_AMPLITUDE_MM each
+    "deform_2": (-1.0, 1.0),
+    "deform_3": (-1.0, 1.0),
+    "lesion_load": (0.0, 1.0),  # total lesion volume LESION_VOLUME_ML[0] .. [1]
+    # Position of the lesion cluster: quantiles of the deep white matter along x, y and z.
+    "lesion_site_x": (0.0, 1.0),
+    "lesion_site_y": (0.0, 1.0),
+    "lesion_site_z": (0.0, 1.0),
+}
+STYLE_RANGES = {
+    "T1w": {
+        "tr_ms": (400.0, 700.0),
+        "te_ms": (8.0, 20.0),
+    },
+    "T2w": {
+        "tr_ms": (3000.0, 6000.0),
+        "te_ms": (80.0, 120.0),
+    },
+}
+COMMON_STYLE_RANGES = {
+    # Gradient of the log bias field per BIAS_LENGTH_MM along x, y, z: its norm is the strength,
+    # its direction the direction of the field.
+    "bias_x": (-0.3, 0.3),
+    "bias_y": (-0.3, 0.3),
+    "bias_z": (-0.3, 0.3),
+    "noise_level": (0.005, 0.04),  # Rician sigma relative to REFERENCE_INTENSITY
+    "gain": (0.8, 1.25),  # global scanner gain
+}
+DEFORM_AMPLITUDE_MM = 6.0
+LESION_VOLUME_ML = (0.5, 20.0)
+LESION_BLOBS = 4
+LESION_CLUSTER_RADIUS_MM = 12.0
+BIAS_LENGTH_MM = 80.0
+REFERENCE_INTENSITY = 3000.0
+DSEG_LABELS = {0: "background", 1: "CSF", 2: "GM", 3: "WM", 4: "lesion"}
+
+
+@dataclass(frozen=True)
+class Template:
+    """Tissue probability maps on the 1 mm template grid, shape (3, X, Y, Z): GM, WM, CSF."""
+
+    maps: np.ndarray
+    affine: np.ndarray
+    brain_center_mm: np.ndarray
+    ventricle_center_mm: np.ndarray
+    deep_wm_mm: np.ndarray  # (N, 3) deep white-matter positions
+
+
+def load_template() -> Template:
+    """Load the MNI152 2009a maps bundled with nilearn (no network access)."""
+    from nilearn.datasets import load_mni152_brain_mask, load_mni152_gm_template, load_mni152_wm_template
+
+    gm_img = load_mni152_gm_template(resolution=1)
+    affine = gm_img.affine.copy()
+    gm = np.asarray(gm_img.dataobj, dtype=np.float32)
+    wm = np.asarray(load_mni152_wm_template(resolution=1).dataobj, dtype=np.float32)
+    brain = np.asarray(load_mni152_brain_mask(resolution=1).dataobj, dtype=np.float32)
+    gm *= brain
+    wm *= brain
+    csf = np.clip(brain - gm - wm, 0.0, 1.0)
+    maps = np.stack([gm, wm, csf])
+
+    def to_mm(ijk: np.ndarray) -> np.ndarray:
+        return ijk @ affine[:3, :3].T + affine[:3, 3]
+
+    brain_center = to_mm(np.argwhere(brain > 0.5).mean(0))
+    ijk = np.argwhere(csf > 0.8)
+    mm = to_mm(ijk)
+    # Lateral ventricles: the CSF in the central box of MNI space (cortical CSF lies outside it).
+    central = (np.abs(mm[:, 0]) < 25) & (mm[:, 1] > -45) & (mm[:, 1] < 25) & (mm[:, 2] > 0) & (mm[:, 2] < 35)
+    ventricle_center = mm[central].mean(0)
+    deep = np.argwhere(ndimage.binary_erosion(wm > 0.95, iterations=3))
+    return Template(maps, affine, brain_center, ventricle_center, to_mm(deep))
+
+
+def tissue_signal(tr_ms: float, te_ms: float) -> dict[str, float]:
+    """Spin-echo signal of each tissue for one protocol."""
+    return {
+        name: pd * (1.0 - math.exp(-tr_ms / t1)) * math.exp(-te_ms / t2) for name, (t1, t2, pd) in TISSUES.items()
+    }
+
+
+def factor_names() -> tuple[list[str], dict[str, list[str]]]:
+    """Content factor names and, per view, the style factor names (with the view prefix)."""
+    content = ["brain_scale", "ventricle_enlargement", "deform_1", "deform_2", "deform_3", "lesion_load"]
+    content += ["lesion_x", "lesion_y", "lesion_z"]
+    style_keys = ["tr_ms", "te_ms", "bias_x", "bias_y", "bias_z", "noise_level", "gain"]
+    style = {view: [f"{view.lower()}_{key}" for key in style_keys] for view in VIEWS}
+    return content, style
+
+
+def draw_design(n_subjects: int, seed: int) -> list[dict[str, float]]:
+    """Draw every subject's design variables in [low, high] as a Latin hypercube.
+
+    Each factor is uniform on its range and drawn independently of every other factor; the
+    discrepancy-optimised hypercube keeps chance correlations between factors small even for a few
+    dozen subjects (max |r| about 0.15 at 64 subjects, where i.i.d. draws give about 0.4).
+    """
+    ranges = dict(CONTENT_RANGES)
+    for view in VIEWS:
+        ranges.update({f"{view.lower()}_{k}": v for k, v in {**STYLE_RANGES[view], **COMMON_STYLE_RANGES}.items()})
+    unit = qmc.LatinHypercube(d=len(ranges), optimization="random-cd", seed=seed).random(n_subjects)
+    lows = np.array([r[0] for r in ranges.values()])
+    highs = np.array([r[1] for r in ranges.values()])
+    values = lows + unit * (highs - lows)
+    return [dict(zip(ranges, row.tolist())) for row in values]
+
+
+def _bounding_box(x: np.ndarray, center: np.ndarray, half_width: np.ndarray) -> tuple[slice, ...] | None:
+    """Index box of the voxels whose position ``x`` (3, ...) lies within ``half_width`` of ``center``."""
+    inside = np.ones(x.shape[1:], dtype=bool)
+    for d in range(3):
+        inside &= np.abs(x[d] - center[d]) < half_width[d]
+    if not inside.any():
+        return None
+    box = []
+    for axis in range(3):
+        hits = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(hits[0], hits[-1] + 1))
+    return tuple(box)
+
+
+class SubjectGenerator:
+    """Renders one subject's T1w and T2w volumes on an output grid from its factors.
+
+    The anatomy is a backward warp: every output voxel (world mm) is mapped to template mm by
+    undoing the brain scale, the smooth deformation and the ventricle expansion, then the tissue
+    maps are sampled there (trilinear).
+    """
+
+    def __init__(self, template: Template, spacing_mm: float):
+        self.template = template
+        extent = np.array(template.maps.shape[1:]) * np.abs(np.diag(template.affine)[:3])
+        self.shape = tuple(int(math.ceil(e / spacing_mm)) for e in extent)
+        self.affine = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
+        self.affine[:3, 3] = template.affine[:3, 3]
+        if np.count_nonzero(template.affine[:3, :3] - np.diag(np.diag(template.affine[:3, :3]))):
+            raise ValueError("the template grid must be axis-aligned")
+        # Only voxels that can hold brain at the largest scale and deformation are computed.
+        ijk = np.argwhere(template.maps.sum(0) > 0.5)
+        box_mm = np.stack([ijk.min(0), ijk.max(0)]) @ template.affine[:3, :3].T + template.affine[:3, 3]
+        scale = CONTENT_RANGES["brain_scale"][1]
+        margin = 2 * DEFORM_AMPLITUDE_MM + 4
+        c = template.brain_center_mm
+        box_mm = c + (box_mm - c) * scale + np.array([[-margin], [margin]])
+        lo = np.floor((box_mm[0] - self.affine[:3, 3]) / spacing_mm).astype(int)
+        hi = np.ceil((box_mm[1] - self.affine[:3, 3]) / spacing_mm).astype(int) + 1
+        self.box = tuple(slice(max(0, a), min(n, b)) for a, b, n in zip(lo, hi, self.shape))
+
+    def world_axes(self) -> list[np.ndarray]:
+        """World coordinate (mm) of each computed voxel along each axis, broadcastable to 3D."""
+        axes = []
+        for d, s in enumerate(self.box):
+            values = np.arange(s.start, s.stop, dtype=np.float32) * self.affine[d, d] + self.affine[d, 3]
+            axes.append(values.reshape([-1 if a == d else 1 for a in range(3)]))
+        return axes
+
+    def template_coordinates(self, factors: dict[str, float]) -> np.ndarray:
+        """Template mm position sampled by each computed voxel, shape (3, x, y, z), float32."""
+        t = self.template
+        c = t.brain_center_mm.astype(np.float32)
+        rel = [(w - c[d]) / np.float32(factors["brain_scale"]) for d, w in enumerate(self.world_axes())]
+        # Smooth bending: each mode displaces one axis as a half sine along another axis.
+        a = DEFORM_AMPLITUDE_MM
+        rel = [
+            rel[0] - np.float32(a * factors["deform_1"]) * np.sin(np.pi * rel[1] / 180.0),
+            rel[1] - np.float32(a * factors["deform_2"]) * np.sin(np.pi * rel[2] / 140.0),
+            rel[2] - np.float32(a * factors["deform_3"]) * np.sin(np.pi * rel[0] / 150.0),
+        ]
+        x = np.empty((3, *(len(s.ravel()) for s in self.world_axes())), dtype=np.float32)
+        for d in range(3):
+            x[d] = rel[d] + c[d]
+        # Ventricle expansion: sample closer to the ventricle centre, which enlarges the ventricles.
+        # The Gaussian weight vanishes beyond 4 sigma, so only that box is touched.
+        v = t.ventricle_center_mm.astype(np.float32)
+        sigma = np.array([14.0, 28.0, 16.0], dtype=np.float32)
+        box = _bounding_box(x, v, 4.0 * sigma)
+        if box is not None:
+            d = x[(slice(None), *box)] - v[:, None, None, None]
+            weight = np.exp(-0.5 * np.sum((d / sigma[:, None, None, None]) ** 2, axis=0))
+            x[(slice(None), *box)] = v[:, None, None, None] + d * (1.0 - np.float32(factors["ventricle_enlargement"]) * weight)
+        return x
+
+    def lesion_centers(self, factors: dict[str, float], rng: np.random.Generator) -> np.ndarray:
+        """Centres (template mm) of the lesion blobs: a cluster around one deep-WM site."""
+        deep = self.template.deep_wm_mm
+        quantiles = [factors[f"lesion_site_{axis}"] for axis in "xyz"]
+        target = np.array([np.quantile(deep[:, d], q) for d, q in enumerate(quantiles)])
+        site = deep[np.argmin(np.sum((deep - target) ** 2, axis=1))]
+        offsets = rng.normal(scale=LESION_CLUSTER_RADIUS_MM / 2, size=(LESION_BLOBS, 3))
+        return site + offsets
+
+    def tissues(self, factors: dict[str, float], lesion_centers: np.ndarray) -> dict[str, np.ndarray]:
+        """Tissue fractions in the computed box: GM, WM, CSF, lesion and their sum, the brain."""
+        x = self.template_coordinates(factors)
+        affine = self.template.affine
+        ijk = np.stack([(x[d] - np.float32(affine[d, 3])) / np.float32(affine[d, d]) for d in range(3)])
+        gm, wm, csf = (ndimage.map_coordinates(m, ijk, order=1, mode="constant", cval=0.0) for m in self.template.maps)
+        volume_mm3 = 1e3 * (LESION_VOLUME_ML[0] + factors["lesion_load"] * (LESION_VOLUME_ML[1] - LESION_VOLUME_ML[0]))
+        radius = (3.0 * volume_mm3 / (4.0 * math.pi * LESION_BLOBS)) ** (1.0 / 3.0)
+        lesion = np.zeros_like(wm)
+        for center in lesion_centers.astype(np.float32):
+            # A soft-edged ball; beyond radius + 12 mm its weight is below 1e-5.
+            box = _bounding_box(x, center, np.full(3, radius + 12.0, dtype=np.float32))
+            if box is None:
+                continue
+            dist = np.sqrt(np.sum((x[(slice(None), *box)] - center[:, None, None, None]) ** 2, axis=0))
+            lesion[box] = np.maximum(lesion[box], 1.0 / (1.0 + np.exp(dist - radius)))
+        lesion *= wm
+        return {"GM": gm, "WM": wm - lesion, "CSF": csf, "lesion": lesion, "brain": gm + wm + csf}
+
+    def segmentation(self, tissues: dict[str, np.ndarray]) -> np.ndarray:
+        """Hard tissue labels (DSEG_LABELS) on the full output grid: the dominant tissue of each brain voxel."""
+        names = [name for name in DSEG_LABELS.values() if name != "background"]
+        dominant = np.argmax(np.stack([tissues[name] for name in names]), axis=0).astype(np.uint8) + 1
+        dominant[tissues["brain"] < 0.5] = 0
+        out = np.zeros(self.shape, dtype=np.uint8)
+        out[self.box] = dominant
+        return out
+
+    def render(self, tissues: dict[str, np.ndarray], style: dict[str, float], rng: np.random.Generator) -> np.ndarray:
+        """One view's int16 volume on the full output grid."""
+        signal = tissue_signal(style["tr_ms"], style["te_ms"])
+        image = sum(tissues[name] * np.float32(s) for name, s in signal.items())
+        c = self.template.brain_center_mm
+        gradient = (style["bias_x"], style["bias_y"], style["bias_z"])
+        log_bias = sum(np.float32(g) * (w - np.float32(c[d])) for d, (g, w) in enumerate(zip(gradient, self.world_axes())))
+        image *= np.exp(log_bias / np.float32(BIAS_LENGTH_MM))
+        image *= np.float32(style["gain"] * REFERENCE_INTENSITY)
+        sigma = np.float32(style["noise_level"] * REFERENCE_INTENSITY)
+        real = image + sigma * rng.standard_normal(image.shape, dtype=np.float32)
+        imag = sigma * rng.standard_normal(image.shape, dtype=np.float32)
+        image = np.sqrt(real * real + imag * imag)  # Rician magnitude
+        image[tissues["brain"] < 0.5] = 0.0  # skull-stripped
+        out = np.zeros(self.shape, dtype=np.int16)
+        out[self.box] = np.clip(np.rint(image), 0, np.iinfo(np.int16).max).astype(np.int16)
+        return out
+
+
+def style_of(design: dict[str, float], view: str) -> dict[str, float]:
+    """The style factors of one view, without the view prefix."""
+    prefix = f"{view.lower()}_"
+    return {k[len(prefix) :]: v for k, v in design.items() if k.startswith(prefix)}
+
+
+_WORKER: SubjectGenerator | None = None
+
+
+def _init_worker(spacing_mm: float) -> None:
+    global _WORKER
+    _WORKER = SubjectGenerator(load_template(), spacing_mm)
+
+
+def _generate_subject(job: tuple[int, int, str, dict[str, float], str]) -> dict[str, float]:
+    """Write one subject's two NIfTI files; return its realised factors."""
+    index, seed, subject, design, out_dir = job
+    gen = _WORKER
+    rng = np.random.default_rng([seed, 2, index])
+    centers = gen.lesion_centers(design, rng)
+    tissues = gen.tissues(design, centers)
+    factors = {k: design[k] for k in CONTENT_RANGES if not k.startswith("lesion_site")}
+    factors.update(zip(("lesion_x", "lesion_y", "lesion_z"), centers.mean(0).tolist()))
+    anat = Path(out_dir) / subject / "anat"
+    anat.mkdir(parents=True, exist_ok=True)
+    for view in VIEWS:
+        style = style_of(design, view)
+        _save(gen.render(tissues, style, rng), gen.affine, anat / f"{subject}_{view}.nii.gz")
+        factors.update({f"{view.lower()}_{k}": v for k, v in style.items()})
+    seg_dir = Path(out_dir) / "derivatives" / "tissues" / subject / "anat"
+    seg_dir.mkdir(parents=True, exist_ok=True)
+    _save(gen.segmentation(tissues), gen.affine, seg_dir / f"{subject}_dseg.nii.gz")
+    return factors
+
+
+def _save(volume: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    img = nib.Nifti1Image(volume, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, path)
+
+
+def _participants_sidecar() -> dict:
+    content, style = factor_names()
+    doc = {"participant_id": {"Description": "subject label"}}
+    doc["split"] = {"Description": "subject-level split (train/val/test), seeded"}
+    for name in content:
+        doc[name] = {"Description": "content factor (shared by both views)"}
+        if name in CONTENT_RANGES:
+            doc[name]["Range"] = list(CONTENT_RANGES[name])
+    for name in ("lesion_x", "lesion_y", "lesion_z"):
+        doc[name]["Description"] += "; centre of the lesion cluster, template RAS mm"
+    for view in VIEWS:
+        for name in style[view]:
+            key = name[len(view) + 1 :]
+            doc[name] = {"Description": f"style factor of the {view} view"}
+            rng = {**STYLE_RANGES[view], **COMMON_STYLE_RANGES}.get(key)
+            doc[name]["Range"] = list(rng)
+            if key.startswith("bias_"):
+                doc[name]["Description"] += f"; gradient of the log bias field per {BIAS_LENGTH_MM:g} mm"
+    return doc
+
+
+def generate_cohort(
+    out_dir: Path, n_subjects: int, seed: int = 0, spacing_mm: float = 1.0, workers: int | None = None
+) -> Path:
+    """Write a complete BIDS dataset of ``n_subjects`` paired T1w/T2w subjects into ``out_dir``.
+
+    The dataset is written to a temporary sibling folder and moved into place only when complete,
+    so an interrupted run never leaves a half-written cohort behind.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        designs = draw_design(n_subjects, seed)
+        subjects = [f"sub-{i + 1:04d}" for i in range(n_subjects)]
+        jobs = [(i, seed, subjects[i], designs[i], str(staging)) for i in range(n_subjects)]
+        workers = workers or min(os.cpu_count() or 1, n_subjects)
+        if workers > 1:
+            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(spacing_mm,)) as pool:
+                rows = list(pool.map(_generate_subject, jobs))
+        else:
+            _init_worker(spacing_mm)
+            rows = [_generate_subject(job) for job in jobs]
+        splits = split_subjects(subjects, seed)
+        content, style = factor_names()
+        columns = content + style["T1w"] + style["T2w"]
+        lines = ["\t".join(["participant_id", "split", *columns])]
+        for subject, row in zip(subjects, rows):
+            lines.append("\t".join([subject, splits[subject], *(f"{row[c]:.6g}" for c in columns)]))
+        (staging / "participants.tsv").write_text("\n".join(lines) + "\n")
+        (staging / "participants.json").write_text(json.dumps(_participants_sidecar(), indent=2) + "\n")
+        description = {
+            "Name": "MultiviewCRL synthetic paired T1w/T2w cohort",
+            "BIDSVersion": "1.9.0",
+            "DatasetType": "raw",
+            "GeneratedBy": [
+                {
+                    "Name": "MultiviewCRLLib.synthetic",
+                    "Description": f"subjects={n_subjects} seed={seed} spacing_mm={spacing_mm}",
+                }
+            ],
+            "SourceDatasets": [{"Description": "MNI ICBM152 2009a nonlinear symmetric template (nilearn)"}],
+        }
+        (staging / "dataset_description.json").write_text(json.dumps(description, indent=2) + "\n")
+        seg_root = staging / "derivatives" / "tissues"
+        labels = "\n".join(f"{index}\t{name}" for index, name in DSEG_LABELS.items())
+        (seg_root / "dseg.tsv").write_text(f"index\tname\n{labels}\n")
+        seg_description = {
+            "Name": "Tissue labels of the synthetic cohort (dominant tissue per voxel)",
+            "BIDSVersion": "1.9.0",
+            "DatasetType": "derivative",
+            "GeneratedBy": [{"Name": "MultiviewCRLLib.synthetic"}],
+        }
+        (seg_root / "dataset_description.json").write_text(json.dumps(seg_description, indent=2) + "\n")
+        staging.chmod(0o777 & ~_umask())
+        if out_dir.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            out_dir.rename(retired / out_dir.name)
+            staging.rename(out_dir)
+            shutil.rmtree(retired)
+        else:
+            staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _check_output(parser: argparse.ArgumentParser, out_dir: Path, overwrite: bool) -> None:
+    """Refuse an output folder that cannot be written or would lose existing files."""
+    if out_dir.exists() and not out_dir.is_dir():
+        parser.error(f"--out {out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        parser.error(f"--out {out_dir}: folder exists and is not empty; pass --overwrite to replace it")
+    ancestor = out_dir.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        parser.error(f"--out {out_dir}: {ancestor} is not a folder")
+    try:  # a real write probe: permission bits say nothing for root or read-only file systems
+        tempfile.TemporaryDirectory(dir=ancestor).cleanup()
+    except OSError as err:
+        parser.error(f"--out {out_dir}: cannot write in {ancestor} ({err.strerror})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m MultiviewCRLLib.synthetic",
+        description="Write a simulated BIDS cohort of paired T1w/T2w brain MRI with known content and style factors.",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output BIDS folder (created)")
+    parser.add_argument("--subjects", type=int, default=64, help="number of subjects (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the factors, noise and splits (default 0)")
+    parser.add_argument("--spacing", type=float, default=1.0, help="voxel size in mm (default 1, the template grid)")
+    parser.add_argument("--workers", type=int, default=None, help="parallel processes (default: one per core)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    args = parser.parse_args(argv)
+    if args.subjects < 1:
+        parser.error(f"--subjects must be at least 1, got {args.subjects}")
+    if not args.spacing > 0:
+        parser.error(f"--spacing must be positive, got {args.spacing}")
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    if args.seed < 0:
+        parser.error(f"--seed must be non-negative, got {args.seed}")
+    _check_output(parser, args.out, args.overwrite)
+    try:
+        generate_cohort(args.out, args.subjects, args.seed, args.spacing, args.workers)
+    except OSError as err:
+        print(f"error: could not write the cohort to {args.out}: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.subjects} subjects to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""Shared fixtures: real synthetic cohorts written to temporary folders once per test session."""
+
+from pathlib import Path
+
+import pytest
+
+from MultiviewCRLLib.synthetic import generate_cohort
+
+
+@pytest.fixture(scope="session")
+def cohort64(tmp_path_factory) -> Path:
+    """64 subjects at 2 mm: enough subjects for correlations, coarse enough to be quick."""
+    return generate_cohort(tmp_path_factory.mktemp("cohort64") / "bids", n_subjects=64, seed=3, spacing_mm=2.0)
+
+
+@pytest.fixture(scope="session")
+def cohort_1mm(tmp_path_factory) -> Path:
+    """Two subjects on the template's 1 mm grid, so preprocessing really resamples to 2 mm."""
+    return generate_cohort(tmp_path_factory.mktemp("cohort_1mm") / "bids", n_subjects=2, seed=5, spacing_mm=1.0)
+
+
+def volume_path(bids: Path, subject: str, view: str) -> Path:
+    return bids / subject / "anat" / f"{subject}_{view}.nii.gz"
