@@ -1,0 +1,106 @@
+"""The model bundle: what a trained model needs to run anywhere (trainer, evaluator, Slicer).
+
+A folder with ``weights.pt`` (encoder and decoder state dicts, plain tensors only) and
+``settings.json`` (model config, preprocessing config, content/style split, the training
+cohort's mean style vector per view). Loading never executes code from the files.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig, PreprocessingConfig
+from .networks import Decoder, Encoder
+from .storage import atomic_torch_save, atomic_write_json
+
+WEIGHTS = "weights.pt"
+SETTINGS = "settings.json"
+BUNDLE_FORMAT = 1
+
+
+class BundleError(ValueError):
+    """A bundle that is incomplete, unreadable, or does not match its own settings."""
+
+
+@dataclass
+class Bundle:
+    encoder: Encoder
+    decoder: Decoder
+    model: ModelConfig
+    preprocessing: PreprocessingConfig
+    style_means: dict[str, torch.Tensor]  # view name -> (style_dim,)
+    settings: dict
+
+    @property
+    def content_dim(self) -> int:
+        return self.model.content_dim
+
+
+def save_bundle(
+    folder: Path,
+    encoder: Encoder,
+    decoder: Decoder,
+    model: ModelConfig,
+    preprocessing: PreprocessingConfig,
+    style_means: dict[str, torch.Tensor],
+    extra: dict | None = None,
+    half: bool = False,
+) -> Path:
+    """Write a bundle; ``half`` stores float16 weights (loaded back as float32)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def plain(module):
+        return {k: (v.half() if half and v.is_floating_point() else v).detach().cpu() for k, v in module.state_dict().items()}
+
+    atomic_torch_save(folder / WEIGHTS, {"encoder": plain(encoder), "decoder": plain(decoder)})
+    settings = {
+        "format": BUNDLE_FORMAT,
+        "model": model.to_dict(),
+        "preprocessing": preprocessing.to_dict(),
+        "content_dims": [0, model.content_dim],
+        "style_dims": [model.content_dim, model.latent_dim],
+        "style_means": {view: [float(v) for v in mean] for view, mean in style_means.items()},
+        **(extra or {}),
+    }
+    atomic_write_json(folder / SETTINGS, settings)
+    return folder
+
+
+def load_bundle(folder: Path, device: str | torch.device = "cpu") -> Bundle:
+    """Read a bundle, refusing with a message that names the folder and the problem."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BundleError(f"model bundle {folder}: folder not found")
+    for name in (WEIGHTS, SETTINGS):
+        if not (folder / name).is_file():
+            raise BundleError(f"model bundle {folder}: missing {name}")
+    try:
+        settings = json.loads((folder / SETTINGS).read_text())
+        model = ModelConfig.from_dict(settings["model"])
+        preprocessing = PreprocessingConfig.from_dict(settings["preprocessing"])
+        style_means = {view: torch.tensor(mean, dtype=torch.float32) for view, mean in settings["style_means"].items()}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise BundleError(f"model bundle {folder}: {SETTINGS} is invalid ({type(err).__name__}: {err})") from err
+    for view, mean in style_means.items():
+        if mean.shape != (model.style_dim,):
+            raise BundleError(f"model bundle {folder}: style mean of {view} has {len(mean)} values, expected {model.style_dim}")
+    try:
+        weights = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise BundleError(f"model bundle {folder}: {WEIGHTS} refused ({type(err).__name__}: {err})") from err
+    if not isinstance(weights, dict) or set(weights) != {"encoder", "decoder"}:
+        raise BundleError(f"model bundle {folder}: {WEIGHTS} must hold 'encoder' and 'decoder' state dicts")
+    encoder, decoder = Encoder(model), Decoder(model, preprocessing.spatial_size)
+    for name, module in (("encoder", encoder), ("decoder", decoder)):
+        try:
+            module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights[name].items()})
+        except RuntimeError as err:
+            raise BundleError(f"model bundle {folder}: {name} weights do not match {SETTINGS}: {err}") from err
+        module.to(device).eval()
+    return Bundle(encoder, decoder, model, preprocessing, style_means, settings)

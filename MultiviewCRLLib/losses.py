@@ -1,0 +1,64 @@
+"""Content-only InfoNCE and the L1 + L2 reconstruction loss ("BaurLoss")."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def content_logits(z1: torch.Tensor, z2: torch.Tensor, content_dim: int, tau: float) -> torch.Tensor:
+    """Cosine similarities / tau among all 2B content embeddings, self-pairs set to -inf: (2B, 2B).
+
+    Rows 0..B-1 are view 1, rows B..2B-1 view 2; the positive of row i is row (i + B) mod 2B.
+    """
+    content = F.normalize(torch.cat([z1[:, :content_dim], z2[:, :content_dim]]).float(), dim=1)
+    logits = content @ content.T / tau
+    return logits.masked_fill(torch.eye(len(logits), dtype=torch.bool, device=logits.device), float("-inf"))
+
+
+def positive_index(batch_size: int, device=None) -> torch.Tensor:
+    """Index of each of the 2B rows' positive: the other view of the same subject."""
+    return torch.arange(2 * batch_size, device=device).roll(batch_size)
+
+
+class ContentInfoNCE(nn.Module):
+    """Symmetric NT-Xent on the content dims only: every one of the 2B embeddings is an anchor, its
+    positive the other view of its subject, its negatives the other 2B - 2 embeddings.
+
+    z1, z2: (B, latent_dim) -> scalar mean cross-entropy over the 2B rows. Style dims get no gradient.
+    """
+
+    def __init__(self, content_dim: int, tau: float = 1.0):
+        super().__init__()
+        self.content_dim = content_dim
+        self.tau = tau
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        logits = content_logits(z1, z2, self.content_dim, self.tau)
+        return F.cross_entropy(logits, positive_index(len(z1), logits.device))
+
+
+def retrieval_top1(z1: torch.Tensor, z2: torch.Tensor, content_dim: int) -> float:
+    """Fraction of the 2B embeddings whose nearest content neighbour is their other view (chance 1/(2B-1))."""
+    with torch.no_grad():
+        logits = content_logits(z1, z2, content_dim, 1.0)
+        return (logits.argmax(1) == positive_index(len(z1), logits.device)).float().mean().item()
+
+
+class BaurLoss(nn.Module):
+    """Per sample: L1 norm plus (unsquared) L2 norm of x - x_hat over all voxels, each with the
+    PairwiseDistance epsilon 1e-6; mean over the batch. Always computed in float32.
+
+    x, x_hat: (B, ...) -> scalar.
+    """
+
+    def __init__(self, eps: float = 1e-6):
+        super().__init__()
+        self.l1 = nn.PairwiseDistance(p=1.0, eps=eps)
+        self.l2 = nn.PairwiseDistance(p=2.0, eps=eps)
+
+    def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            a, b = x_hat.float().flatten(1), x.float().flatten(1)
+            return (self.l1(a, b) + self.l2(a, b)).mean()

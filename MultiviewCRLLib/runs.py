@@ -1,0 +1,147 @@
+"""A training run from start to bundle: data discovery, splits, run folder, training, bundle.
+
+``trainer_cli.py`` parses flags into a :class:`RunRequest` and calls :func:`train_run`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from .config import PRESETS, CohortConfig
+from .data import assign_splits, read_splits, write_splits
+from .discovery import DiscoveryReport, discover
+from .storage import atomic_write_json
+from .synthetic import generate_cohort
+from .training import Trainer, latest_checkpoint, write_bundle
+
+
+class RunError(RuntimeError):
+    """A run that cannot start: an existing run folder, no data, a bad resume folder."""
+
+
+@dataclass
+class RunRequest:
+    preset: str = "demo"
+    source: Path | None = None  # BIDS folder, manifest file or folder-per-subject root; None: synthetic
+    dataset: str | None = None
+    t1_pattern: str | None = None
+    t2_pattern: str | None = None
+    views: tuple[str, str] = ("T1w", "T2w")
+    train_overrides: dict = field(default_factory=dict)
+    model_id: str | None = None
+    results: Path = Path("results")
+    data_root: Path = Path("data")
+    cache_root: Path | None = None
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    strict: bool = False
+    stratify: str | None = None
+    synthetic_subjects: int | None = None
+
+
+def synthetic_cohort(data_root: Path, cohort: CohortConfig) -> Path:
+    """The embedded cohort for a preset, built once and reused (it is written atomically)."""
+    folder = Path(data_root) / f"synthetic-n{cohort.subjects}-s{cohort.seed}-{cohort.spacing_mm:g}mm"
+    if not (folder / "participants.tsv").is_file():
+        print(f"building the synthetic cohort ({cohort.subjects} subjects at {cohort.spacing_mm:g} mm) in {folder}")
+        generate_cohort(folder, cohort.subjects, cohort.seed, cohort.spacing_mm)
+    return folder
+
+
+def new_run_dir(results: Path, dataset: str, model_id: str | None, preset: str) -> Path:
+    """``results/{dataset}/{model_id}``, created; an existing run is never reused."""
+    parent = Path(results) / dataset
+    if model_id is None:
+        model_id = f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        suffix = 1
+        while (parent / model_id).exists():
+            model_id = f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
+            suffix += 1
+    run_dir = parent / model_id
+    if run_dir.exists():
+        raise RunError(f"{run_dir} already exists; choose another --model-id, or continue it with --resume {run_dir}")
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def discover_data(request: RunRequest) -> tuple[DiscoveryReport, str, dict]:
+    """The discovery report, the dataset name and a description of the source for settings.json."""
+    if request.source is None:
+        cohort = PRESETS[request.preset].cohort
+        if request.synthetic_subjects:
+            cohort = replace(cohort, subjects=request.synthetic_subjects)
+        source = synthetic_cohort(request.data_root, cohort)
+        dataset = request.dataset or "synthetic"
+    else:
+        source = Path(request.source)
+        dataset = request.dataset or source.stem
+    report = discover(source, request.views, request.t1_pattern, request.t2_pattern)
+    described = {"source": str(Path(source).resolve()), "views": list(request.views)}
+    described.update(t1_pattern=request.t1_pattern, t2_pattern=request.t2_pattern)
+    return report, dataset, described
+
+
+def train_run(request: RunRequest, resume: Path | None = None) -> Path:
+    """Train (or resume) a run and write its bundle; returns the run folder."""
+    if resume is not None:
+        run_dir = Path(resume)
+        settings_path = run_dir / "settings.json"
+        if not settings_path.is_file():
+            raise RunError(f"--resume {run_dir}: no settings.json there; is it a run folder?")
+        settings = json.loads(settings_path.read_text())
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise RunError(f"--resume {run_dir}: no checkpoint to resume from")
+        data = settings["data"]
+        request = replace(
+            request, preset=settings["preset"], source=Path(data["source"]), views=tuple(data["views"]),
+            t1_pattern=data["t1_pattern"], t2_pattern=data["t2_pattern"], seed=settings["seed"],
+            train_overrides={**settings["train"], **request.train_overrides},
+        )
+    preset = PRESETS[request.preset]
+    train_config = replace(preset.train, **request.train_overrides) if request.train_overrides else preset.train
+    report, dataset, described = discover_data(request)
+    print(report.summary())
+    report.require_usable(request.strict)
+    if resume is None:
+        run_dir = new_run_dir(request.results, dataset, request.model_id, request.preset)
+        splits = assign_splits(report.kept, request.seed, stratify=request.stratify)
+        write_splits(splits, run_dir / "splits.tsv")
+        checkpoint = None
+    else:
+        splits = read_splits(run_dir / "splits.tsv")
+    report.write_tsv(run_dir / "discovery.tsv")
+    settings = {
+        "preset": request.preset,
+        "model_id": run_dir.name,
+        "dataset": dataset,
+        "seed": request.seed,
+        "model": preset.model.to_dict(),
+        "preprocessing": preset.preprocessing.to_dict(),
+        "train": asdict(train_config),
+        "data": described,
+    }
+    atomic_write_json(run_dir / "settings.json", settings)
+    by_split = {name: [p for p in report.kept if splits.get(p.subject) == name] for name in ("train", "val", "test")}
+    print("subjects per split: " + ", ".join(f"{k} {len(v)}" for k, v in by_split.items()))
+    image_pair = (by_split["val"] or by_split["train"])[0]
+    cache_root = request.cache_root or Path(request.data_root) / "cache"
+    trainer = Trainer(
+        run_dir, preset.model, preset.preprocessing, train_config, by_split["train"], image_pair,
+        seed=request.seed, device=request.device, num_workers=request.num_workers, cache_root=cache_root,
+    )
+    trained = trainer.run(resume_from=checkpoint)
+    bundle = write_bundle(
+        run_dir / "bundle", trained, preset.model, preset.preprocessing, by_split["train"], cache_root,
+        trainer.device, extra={"trained_steps": trained.step, "run": run_dir.name, "dataset": dataset},
+    )
+    print(f"run folder: {run_dir}")
+    print(f"  training log: {run_dir / 'Training.csv'} (curves: {run_dir / 'training_curves.png'})")
+    print(f"  decoded images: {run_dir / 'images'}  checkpoints: {run_dir / 'checkpoints'}")
+    print(f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
+    print(f"  model bundle: {bundle}")
+    return run_dir

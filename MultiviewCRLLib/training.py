@@ -1,0 +1,300 @@
+"""Training: content-only InfoNCE + lambda * BaurLoss, Adam, gradient clipping, AMP on CUDA.
+
+Everything a run writes lives under its run folder::
+
+    settings.json  discovery.tsv  splits.tsv  Training.csv  training_curves.png
+    images/{t1,t2}_input.nii.gz  images/step_XXXXXX_{t1,t2}_decoded.nii.gz  checkpoints/step_XXXXXX.pt
+    tensorboard/   bundle/ (weights.pt + settings.json)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import DataLoader
+from monai.utils import convert_to_tensor
+from torch.utils.data import Sampler
+from tqdm import tqdm
+
+from .bundle import save_bundle
+from .config import ModelConfig, PreprocessingConfig, TrainConfig
+from .data import VIEW_KEYS, paired_dataset
+from .discovery import Pair
+from .losses import BaurLoss, ContentInfoNCE, retrieval_top1
+from .networks import Decoder, Encoder
+from .preprocessing import file_transforms, to_nifti
+from .storage import atomic_torch_save, atomic_write_bytes
+
+CSV_COLUMNS = ("step", "total", "contrastive", "reconstruction", "top1_retrieval", "lr", "seconds")
+CHECKPOINT_PATTERN = re.compile(r"step_(\d+)\.pt$")
+
+
+class StepBatches(Sampler):
+    """Batch indices as a pure function of the step: a seeded permutation per epoch, so a resumed
+    run sees exactly the batches an uninterrupted run would. Incomplete batches are dropped."""
+
+    def __init__(self, n_items: int, batch_size: int, seed: int, start_step: int, stop_step: int):
+        if n_items < batch_size:
+            raise ValueError(f"{n_items} training subjects cannot fill a batch of {batch_size}")
+        self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
+        self.start_step, self.stop_step = start_step, stop_step
+
+    def batch(self, step: int) -> list[int]:
+        per_epoch = self.n_items // self.batch_size
+        order = np.random.default_rng([self.seed, step // per_epoch]).permutation(self.n_items)
+        offset = (step % per_epoch) * self.batch_size
+        return order[offset : offset + self.batch_size].tolist()
+
+    def __iter__(self):
+        return (self.batch(step) for step in range(self.start_step, self.stop_step))
+
+    def __len__(self) -> int:
+        return self.stop_step - self.start_step
+
+
+@dataclass
+class TrainedModel:
+    encoder: Encoder
+    decoder: Decoder
+    step: int
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = [(int(m.group(1)), p) for p in (Path(run_dir) / "checkpoints").glob("step_*.pt") if (m := CHECKPOINT_PATTERN.search(p.name))]
+    return max(found)[1] if found else None
+
+
+def read_training_csv(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def write_training_csv(path: Path, rows: list[dict[str, float]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (int(row[k]) if k == "step" else f"{row[k]:.6g}") for k in CSV_COLUMNS})
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def plot_curves(rows: list[dict[str, float]], out_png: Path, batch_size: int) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].plot(steps, [r["contrastive"] for r in rows], label="contrastive (content InfoNCE)")
+    axes[0].axhline(np.log(2 * batch_size - 1), color="gray", ls="--", label="chance log(2B-1)")
+    axes[1].plot(steps, [r["reconstruction"] for r in rows], color="tab:orange", label="reconstruction (BaurLoss)")
+    axes[2].plot(steps, [r["top1_retrieval"] for r in rows], color="tab:green", label="batch top-1 retrieval")
+    axes[2].axhline(1 / (2 * batch_size - 1), color="gray", ls="--", label="chance 1/(2B-1)")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return Path(out_png)
+
+
+class Trainer:
+    """One training run in ``run_dir`` on ``train_pairs``; ``image_pair`` is decoded for the logs."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        model: ModelConfig,
+        preprocessing: PreprocessingConfig,
+        train: TrainConfig,
+        train_pairs: list[Pair],
+        image_pair: Pair,
+        seed: int = 0,
+        device: str = "auto",
+        num_workers: int = 0,
+        cache_root: Path | None = None,
+    ):
+        self.run_dir = Path(run_dir)
+        self.model_config, self.preprocessing, self.config = model, preprocessing, train
+        self.train_pairs, self.image_pair, self.seed = train_pairs, image_pair, seed
+        self.device = select_device(device)
+        self.num_workers, self.cache_root = num_workers, cache_root
+        self.amp = train.amp and self.device.type == "cuda"
+        if train.amp and not self.amp:
+            print(f"notice: AMP needs CUDA; training in float32 on {self.device}")
+        self.amp_dtype = torch.bfloat16 if train.amp_dtype == "bfloat16" else torch.float16
+        torch.manual_seed(seed)
+        self.encoder = Encoder(model).to(self.device)
+        self.decoder = Decoder(model, preprocessing.spatial_size).to(self.device)
+        self.parameters = list(self.encoder.parameters()) + list(self.decoder.parameters())
+        self.optimizer = torch.optim.Adam(self.parameters, lr=train.lr)
+        # A GradScaler is only needed for float16; disabled it is a pass-through.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.amp_dtype == torch.float16)
+        self.contrastive = ContentInfoNCE(model.content_dim, train.tau)
+        self.reconstruction = BaurLoss()
+        self.step = 0
+        for sub in ("checkpoints", "images"):
+            (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        state = {
+            "step": self.step,
+            "encoder": self.encoder.state_dict(),
+            "decoder": self.decoder.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state()},
+        }
+        if torch.cuda.is_available():
+            state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        path = atomic_torch_save(self.run_dir / "checkpoints" / f"step_{self.step:06d}.pt", state)
+        kept = sorted(self.run_dir.glob("checkpoints/step_*.pt"))
+        for old in kept[: -self.config.keep_checkpoints]:
+            old.unlink()
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.encoder.load_state_dict(state["encoder"])
+        self.decoder.load_state_dict(state["decoder"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.step = int(state["step"])
+
+    # --- logging -------------------------------------------------------------------------------
+    def write_images(self, images: dict) -> None:
+        """The fixed subject's inputs and their decodings, on the model grid (they overlay in RAS)."""
+        self.encoder.eval()
+        self.decoder.eval()
+        with torch.no_grad():
+            for key in VIEW_KEYS:
+                x = convert_to_tensor(images[key], track_meta=False)[None].to(self.device)
+                decoded = self.decoder(self.encoder(x))[0].float().cpu()
+                folder = self.run_dir / "images"
+                if not (folder / f"{key}_input.nii.gz").exists():
+                    nib.save(to_nifti(images[key]), folder / f"{key}_input.nii.gz")
+                decoded_image = images[key].clone().copy_(decoded)  # keeps the input's affine
+                nib.save(to_nifti(decoded_image), folder / f"step_{self.step:06d}_{key}_decoded.nii.gz")
+        self.encoder.train()
+        self.decoder.train()
+
+    # --- the loop ------------------------------------------------------------------------------
+    def train_step(self, batch: dict) -> dict[str, float]:
+        x = convert_to_tensor(torch.cat([batch["t1"], batch["t2"]]), track_meta=False).to(self.device)  # (2B, 1, X, Y, Z)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            z = self.encoder(x)
+            z1, z2 = z.chunk(2)
+            contrastive = self.contrastive(z1, z2)
+            decoded = self.decoder(z)
+        reconstruction = self.reconstruction(decoded, x)
+        total = contrastive + self.config.scale_recon_loss * reconstruction
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.config.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {
+            "total": total.item(),
+            "contrastive": contrastive.item(),
+            "reconstruction": reconstruction.item(),
+            "top1_retrieval": retrieval_top1(z1, z2, self.model_config.content_dim),
+        }
+
+    def run(self, resume_from: Path | None = None) -> TrainedModel:
+        cfg = self.config
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+            print(f"resumed from {resume_from} at step {self.step}")
+        csv_path = self.run_dir / "Training.csv"
+        rows = [r for r in read_training_csv(csv_path) if r["step"] <= self.step]
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.step + 1 if self.step else None)
+        dataset = paired_dataset(self.train_pairs, self.preprocessing, self.cache_root, cfg.augment, self.seed)
+        sampler = StepBatches(len(dataset), cfg.batch_size, self.seed, self.step, cfg.steps)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers)
+        images = file_transforms(VIEW_KEYS, self.preprocessing)(self.image_pair.as_item())
+        start = time.perf_counter()
+        window: list[dict[str, float]] = []
+        bar = tqdm(loader, total=cfg.steps, initial=self.step, desc="training", dynamic_ncols=True)
+        for batch in bar:
+            metrics = self.train_step(batch)
+            self.step += 1
+            window.append(metrics)
+            bar.set_postfix(
+                total=f"{metrics['total']:.3f}", nce=f"{metrics['contrastive']:.3f}",
+                recon=f"{metrics['reconstruction']:.0f}", top1=f"{metrics['top1_retrieval']:.2f}",
+            )
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                row = {"step": self.step, **{k: float(np.mean([m[k] for m in window])) for k in window[0]}}
+                row.update(lr=self.optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - start)
+                rows.append(row)
+                window = []
+                write_training_csv(csv_path, rows)
+                for key in ("total", "contrastive", "reconstruction", "top1_retrieval"):
+                    writer.add_scalar(f"train/{key}", row[key], self.step)
+            if self.step % cfg.image_every == 0 or self.step == cfg.steps:
+                self.write_images(images)
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+        bar.close()
+        writer.close()
+        if rows:
+            plot_curves(rows, self.run_dir / "training_curves.png", cfg.batch_size)
+        return TrainedModel(self.encoder, self.decoder, self.step)
+
+
+@torch.no_grad()
+def encode_pairs(
+    encoder: Encoder, pairs: list[Pair], preprocessing: PreprocessingConfig, cache_root: Path | None, device, batch_size: int = 8
+) -> dict[str, torch.Tensor]:
+    """Latents of both views of every pair: {"t1": (N, latent), "t2": (N, latent)}."""
+    encoder.eval()
+    loader = DataLoader(paired_dataset(pairs, preprocessing, cache_root), batch_size=batch_size)
+    out = {key: [] for key in VIEW_KEYS}
+    for batch in loader:
+        for key in VIEW_KEYS:
+            out[key].append(encoder(convert_to_tensor(batch[key], track_meta=False).to(device)).float().cpu())
+    return {key: torch.cat(parts) for key, parts in out.items()}
+
+
+def write_bundle(
+    folder: Path,
+    trained: TrainedModel,
+    model: ModelConfig,
+    preprocessing: PreprocessingConfig,
+    cohort_pairs: list[Pair],
+    cache_root: Path | None,
+    device,
+    extra: dict | None = None,
+) -> Path:
+    """A bundle whose cohort style means come from the training subjects' encodings."""
+    latents = encode_pairs(trained.encoder, cohort_pairs, preprocessing, cache_root, device)
+    views = {"t1": "T1w", "t2": "T2w"}
+    style_means = {views[key]: z[:, model.content_dim :].mean(0) for key, z in latents.items()}
+    return save_bundle(folder, trained.encoder, trained.decoder, model, preprocessing, style_means, extra)

@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Headless trainer for MultiviewCRL.
+
+With no arguments it runs the main job: builds the embedded synthetic cohort once, trains the
+CPU-sized ``demo`` preset and writes a model bundle. The technical report's command works as
+written, e.g.::
+
+    python trainer_cli.py --dataroot /data --dataset_name ADNI --t1-pattern '*T1w*.nii.gz' \\
+        --t2-pattern '*T2w*.nii.gz' --train-steps 100001 --batch-size 4 --use-amp \\
+        --scale-recon-loss 1e-5 --lr 1e-5 --tau 1.0 --model-id adni-seed --preset seed
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from MultiviewCRLLib.config import PRESETS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    seed = PRESETS["seed"].train
+    parser = argparse.ArgumentParser(
+        prog="trainer_cli.py",
+        description="Train MultiviewCRL: content-only InfoNCE on the first content dims plus a scaled L1+L2 "
+        "reconstruction loss. With no arguments: the demo preset on the embedded synthetic cohort.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = parser.add_argument_group("data (default: the embedded synthetic cohort of the preset)")
+    data.add_argument("--dataroot", type=Path, help="root folder of datasets; the data are in DATAROOT/DATASET_NAME")
+    data.add_argument("--dataset_name", "--dataset-name", dest="dataset_name", help="dataset folder under --dataroot; also names results/{dataset}/")
+    data.add_argument("--bids", type=Path, help="a BIDS folder (sub-*/[ses-*/]anat/*_T1w.nii.gz, *_T2w.nii.gz)")
+    data.add_argument("--manifest", type=Path, help="a CSV/TSV with columns subject,t1,t2 (+ split, labels)")
+    data.add_argument("--t1-pattern", help="glob of the T1 file inside each subject folder (folder layouts)")
+    data.add_argument("--t2-pattern", help="glob of the T2 file inside each subject folder (folder layouts)")
+    data.add_argument("--views", nargs=2, default=["T1w", "T2w"], metavar=("VIEW1", "VIEW2"), help="BIDS suffixes of the two views")
+    data.add_argument("--strict", action="store_true", help="abort when any subject is rejected by discovery")
+    data.add_argument("--stratify", help="label column to stratify the subject-level split by")
+    data.add_argument("--synthetic-subjects", type=int, help="size of the synthetic cohort (default: the preset's)")
+    data.add_argument("--data-root", type=Path, default=Path("data"), help="where the synthetic cohort and the preprocessing cache live")
+
+    train = parser.add_argument_group("training (default: the preset's value; the report's in brackets)")
+    train.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="model/preprocessing/training sizes")
+    train.add_argument("--train-steps", type=int, help=f"optimisation steps [{seed.steps}]")
+    train.add_argument("--batch-size", type=int, help=f"subjects per batch; 2B volumes per step [{seed.batch_size}]")
+    train.add_argument("--lr", type=float, help=f"Adam learning rate [{seed.lr:g}]")
+    train.add_argument("--tau", type=float, help=f"InfoNCE temperature [{seed.tau:g}]")
+    train.add_argument("--scale-recon-loss", type=float, help=f"weight of the reconstruction loss [{seed.scale_recon_loss:g}]")
+    train.add_argument("--use-amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision on CUDA [on]")
+    train.add_argument("--amp-dtype", choices=["float16", "bfloat16"], help="AMP dtype [float16, with a GradScaler]")
+    train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="random spatial + intensity augmentation [off]")
+    train.add_argument("--log-every", type=int, help="steps between Training.csv rows")
+    train.add_argument("--image-every", type=int, help="steps between decoded NIfTI snapshots")
+    train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--model-id", help="run name under results/{dataset}/ (default: preset and time); never overwritten")
+    run.add_argument("--results", type=Path, default=Path("results"), help="results root")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    run.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and batch order")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    return parser
+
+
+TRAIN_FLAGS = {
+    "train_steps": "steps", "batch_size": "batch_size", "lr": "lr", "tau": "tau",
+    "scale_recon_loss": "scale_recon_loss", "use_amp": "amp", "amp_dtype": "amp_dtype", "augment": "augment",
+    "log_every": "log_every", "image_every": "image_every", "checkpoint_every": "checkpoint_every",
+}
+
+
+def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    from MultiviewCRLLib.runs import RunRequest
+
+    sources = [s for s in (args.bids, args.manifest, args.dataroot) if s is not None]
+    if len(sources) > 1:
+        parser.error("give one data source: --bids, --manifest or --dataroot/--dataset_name")
+    source = sources[0] if sources else None
+    if args.dataroot is not None:
+        if not args.dataset_name:
+            parser.error("--dataroot needs --dataset_name")
+        source = args.dataroot / args.dataset_name
+    overrides = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+    for flag in ("train_steps", "batch_size", "log_every", "image_every", "checkpoint_every", "synthetic_subjects"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.batch_size is not None and args.batch_size < 2:
+        parser.error("--batch-size must be at least 2: the contrastive loss needs negatives")
+    for flag in ("lr", "tau"):
+        value = getattr(args, flag)
+        if value is not None and not value > 0:
+            parser.error(f"--{flag} must be positive, got {value}")
+    return RunRequest(
+        preset=args.preset, source=source, dataset=args.dataset_name, t1_pattern=args.t1_pattern,
+        t2_pattern=args.t2_pattern, views=tuple(args.views), train_overrides=overrides, model_id=args.model_id,
+        results=args.results, data_root=args.data_root, seed=args.seed, device=args.device,
+        num_workers=args.num_workers, strict=args.strict, stratify=args.stratify,
+        synthetic_subjects=args.synthetic_subjects,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    request = request_from_args(args, parser)
+    from MultiviewCRLLib.bundle import BundleError
+    from MultiviewCRLLib.discovery import DiscoveryError
+    from MultiviewCRLLib.runs import RunError, train_run
+
+    try:
+        train_run(request, resume=args.resume)
+    except (RunError, DiscoveryError, BundleError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
