@@ -29,16 +29,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data = parser.add_argument_group("data (default: the embedded synthetic cohort of the preset)")
     data.add_argument("--dataroot", type=Path, help="root folder of datasets; the data are in DATAROOT/DATASET_NAME")
-    data.add_argument("--dataset_name", "--dataset-name", dest="dataset_name", help="dataset folder under --dataroot; also names results/{dataset}/")
+    data.add_argument(
+        "--dataset_name",
+        "--dataset-name",
+        dest="dataset_name",
+        help="dataset folder under --dataroot; also names results/{dataset}/",
+    )
     data.add_argument("--bids", type=Path, help="a BIDS folder (sub-*/[ses-*/]anat/*_T1w.nii.gz, *_T2w.nii.gz)")
     data.add_argument("--manifest", type=Path, help="a CSV/TSV with columns subject,t1,t2 (+ split, labels)")
     data.add_argument("--t1-pattern", help="glob of the T1 file inside each subject folder (folder layouts)")
     data.add_argument("--t2-pattern", help="glob of the T2 file inside each subject folder (folder layouts)")
-    data.add_argument("--views", nargs=2, default=["T1w", "T2w"], metavar=("VIEW1", "VIEW2"), help="BIDS suffixes of the two views")
+    data.add_argument(
+        "--views", nargs=2, default=["T1w", "T2w"], metavar=("VIEW1", "VIEW2"), help="BIDS suffixes of the two views"
+    )
     data.add_argument("--strict", action="store_true", help="abort when any subject is rejected by discovery")
     data.add_argument("--stratify", help="label column to stratify the subject-level split by")
     data.add_argument("--synthetic-subjects", type=int, help="size of the synthetic cohort (default: the preset's)")
-    data.add_argument("--data-root", type=Path, default=Path("data"), help="where the synthetic cohort and the preprocessing cache live")
+    data.add_argument(
+        "--data-root",
+        type=Path,
+        default=Path("data"),
+        help="where the synthetic cohort and the preprocessing cache live",
+    )
 
     train = parser.add_argument_group("training (default: the preset's value; the report's in brackets)")
     train.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="model/preprocessing/training sizes")
@@ -46,16 +58,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, help=f"subjects per batch; 2B volumes per step [{seed.batch_size}]")
     train.add_argument("--lr", type=float, help=f"Adam learning rate [{seed.lr:g}]")
     train.add_argument("--tau", type=float, help=f"InfoNCE temperature [{seed.tau:g}]")
-    train.add_argument("--scale-recon-loss", type=float, help=f"weight of the reconstruction loss [{seed.scale_recon_loss:g}]")
-    train.add_argument("--use-amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision on CUDA [on]")
+    train.add_argument(
+        "--scale-recon-loss", type=float, help=f"weight of the reconstruction loss [{seed.scale_recon_loss:g}]"
+    )
+    train.add_argument(
+        "--use-amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision on CUDA [on]"
+    )
     train.add_argument("--amp-dtype", choices=["float16", "bfloat16"], help="AMP dtype [float16, with a GradScaler]")
-    train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="random spatial + intensity augmentation [off]")
+    train.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random spatial + intensity augmentation [off]",
+    )
     train.add_argument("--log-every", type=int, help="steps between Training.csv rows")
     train.add_argument("--image-every", type=int, help="steps between decoded NIfTI snapshots")
     train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
 
     run = parser.add_argument_group("run")
-    run.add_argument("--model-id", help="run name under results/{dataset}/ (default: preset and time); never overwritten")
+    run.add_argument(
+        "--model-id", help="run name under results/{dataset}/ (default: preset and time); never overwritten"
+    )
     run.add_argument("--results", type=Path, default=Path("results"), help="results root")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     run.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and batch order")
@@ -65,9 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TRAIN_FLAGS = {
-    "train_steps": "steps", "batch_size": "batch_size", "lr": "lr", "tau": "tau",
-    "scale_recon_loss": "scale_recon_loss", "use_amp": "amp", "amp_dtype": "amp_dtype", "augment": "augment",
-    "log_every": "log_every", "image_every": "image_every", "checkpoint_every": "checkpoint_every",
+    "train_steps": "steps",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "tau": "tau",
+    "scale_recon_loss": "scale_recon_loss",
+    "use_amp": "amp",
+    "amp_dtype": "amp_dtype",
+    "augment": "augment",
+    "log_every": "log_every",
+    "image_every": "image_every",
+    "checkpoint_every": "checkpoint_every",
 }
 
 
@@ -94,10 +125,21 @@ def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         if value is not None and not value > 0:
             parser.error(f"--{flag} must be positive, got {value}")
     return RunRequest(
-        preset=args.preset, source=source, dataset=args.dataset_name, t1_pattern=args.t1_pattern,
-        t2_pattern=args.t2_pattern, views=tuple(args.views), train_overrides=overrides, model_id=args.model_id,
-        results=args.results, data_root=args.data_root, seed=args.seed, device=args.device,
-        num_workers=args.num_workers, strict=args.strict, stratify=args.stratify,
+        preset=args.preset,
+        source=source,
+        dataset=args.dataset_name,
+        t1_pattern=args.t1_pattern,
+        t2_pattern=args.t2_pattern,
+        views=tuple(args.views),
+        train_overrides=overrides,
+        model_id=args.model_id,
+        results=args.results,
+        data_root=args.data_root,
+        seed=args.seed,
+        device=args.device,
+        num_workers=args.num_workers,
+        strict=args.strict,
+        stratify=args.stratify,
         synthetic_subjects=args.synthetic_subjects,
     )
 

@@ -56,7 +56,10 @@ def save_bundle(
     folder.mkdir(parents=True, exist_ok=True)
 
     def plain(module):
-        return {k: (v.half() if half and v.is_floating_point() else v).detach().cpu() for k, v in module.state_dict().items()}
+        return {
+            k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
+            for k, v in module.state_dict().items()
+        }
 
     atomic_torch_save(folder / WEIGHTS, {"encoder": plain(encoder), "decoder": plain(decoder)})
     settings = {
@@ -89,7 +92,9 @@ def load_bundle(folder: Path, device: str | torch.device = "cpu") -> Bundle:
         raise BundleError(f"model bundle {folder}: {SETTINGS} is invalid ({type(err).__name__}: {err})") from err
     for view, mean in style_means.items():
         if mean.shape != (model.style_dim,):
-            raise BundleError(f"model bundle {folder}: style mean of {view} has {len(mean)} values, expected {model.style_dim}")
+            raise BundleError(
+                f"model bundle {folder}: style mean of {view} has {len(mean)} values, expected {model.style_dim}"
+            )
     try:
         weights = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:

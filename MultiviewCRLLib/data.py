@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from monai.data import Dataset, PersistentDataset
 from monai.transforms import Compose, RandAffined, RandScaleIntensityd, RandShiftIntensityd
+from monai.utils import convert_to_tensor
+from torch.utils.data import default_collate
 
 from .config import PreprocessingConfig
 from .discovery import Pair
@@ -80,10 +82,19 @@ def augmentation(seed: int = 0) -> Compose:
         )
     ]
     for key in VIEW_KEYS:  # one transform per view: the draws are independent
-        transforms += [RandScaleIntensityd(key, factors=0.05, prob=0.5), RandShiftIntensityd(key, offsets=0.05, prob=0.5)]
+        transforms += [
+            RandScaleIntensityd(key, factors=0.05, prob=0.5),
+            RandShiftIntensityd(key, offsets=0.05, prob=0.5),
+        ]
     pipeline = Compose(transforms)
     pipeline.set_random_state(seed=seed)
     return pipeline
+
+
+def plain_collate(items: list[dict]) -> dict:
+    """Collate dataset items as plain tensors: a persistent cache returns plain tensors on a hit
+    and MetaTensors on a miss, and the two cannot be stacked together."""
+    return default_collate([convert_to_tensor(item, convert_numeric=False, track_meta=False) for item in items])
 
 
 def _stamped_item(pair: Pair) -> dict:

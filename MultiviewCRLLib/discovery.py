@@ -125,7 +125,10 @@ def _read_table(path: Path) -> list[dict[str, str]]:
         sample = f.read(4096)
         f.seek(0)
         delimiter = "\t" if path.suffix == ".tsv" or ("\t" in sample and "," not in sample) else ","
-        return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in csv.DictReader(f, delimiter=delimiter)]
+        return [
+            {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            for row in csv.DictReader(f, delimiter=delimiter)
+        ]
 
 
 def _strip_nifti(name: str) -> str:

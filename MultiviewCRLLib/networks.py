@@ -31,7 +31,13 @@ class EncoderStage(nn.Sequential):
 
 
 class Encoder(nn.Module):
-    """(B, 1, X, Y, Z) -> (B, latent_dim). Ends in a linear layer, so the latent can be negative."""
+    """(B, 1, X, Y, Z) -> (B, latent_dim). Ends in a linear layer, so the latent can be negative.
+
+    The pooled features of different brains share a large common component (cosine >= 0.99
+    between subjects at initialisation), which let the first optimiser steps collapse every
+    embedding onto one direction and stalled the contrastive loss at chance. A BatchNorm over the
+    pooled features removes that component before the linear head.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -43,10 +49,11 @@ class Encoder(nn.Module):
             )
         )
         self.pool = nn.AdaptiveAvgPool3d(1)
+        self.center = nn.BatchNorm1d(channels[-1])
         self.head = nn.Linear(channels[-1], config.latent_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.stages(x)).flatten(1))
+        return self.head(self.center(self.pool(self.stages(x)).flatten(1)))
 
 
 class DecoderStage(nn.Sequential):
@@ -56,8 +63,16 @@ class DecoderStage(nn.Sequential):
         norm = _norm(out_channels, groups)
         super().__init__(
             Convolution(
-                3, in_channels, out_channels, strides=2, kernel_size=4, padding=1, output_padding=0,
-                is_transposed=True, act="relu", norm=norm,
+                3,
+                in_channels,
+                out_channels,
+                strides=2,
+                kernel_size=4,
+                padding=1,
+                output_padding=0,
+                is_transposed=True,
+                act="relu",
+                norm=norm,
             ),
             ResidualUnit(3, out_channels, out_channels, subunits=1, act="relu", norm=norm),
         )
@@ -74,7 +89,9 @@ class Decoder(nn.Module):
         start_voxels = self.start_channels * self.start_shape[0] * self.start_shape[1] * self.start_shape[2]
         self.fc = nn.Linear(config.latent_dim, start_voxels)
         channels = config.decoder_channels
-        self.stages = nn.Sequential(*(DecoderStage(a, b, config.norm_groups) for a, b in zip(channels[:-1], channels[1:])))
+        self.stages = nn.Sequential(
+            *(DecoderStage(a, b, config.norm_groups) for a, b in zip(channels[:-1], channels[1:]))
+        )
         refine = (channels[-1], *config.refine_channels)
         layers = [
             Convolution(3, a, b, act="relu", norm=_norm(b, config.norm_groups)) for a, b in zip(refine[:-1], refine[1:])

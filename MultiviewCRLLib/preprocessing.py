@@ -31,6 +31,7 @@ from monai.transforms import (
 
 from .config import PreprocessingConfig
 
+
 def mask_key(key: Hashable) -> str:
     """Name of the brain-mask entry that belongs to an image entry.
 
@@ -70,7 +71,9 @@ def shared_transforms(keys: Sequence[str], config: PreprocessingConfig) -> list:
     return [
         BrainMaskd(keys, config.mask_threshold),
         # diagonal=True resamples oblique inputs onto an axis-aligned grid in world space.
-        Spacingd(both, pixdim=config.spacing_mm, diagonal=True, mode=["bilinear"] * len(keys) + ["nearest"] * len(keys)),
+        Spacingd(
+            both, pixdim=config.spacing_mm, diagonal=True, mode=["bilinear"] * len(keys) + ["nearest"] * len(keys)
+        ),
         Orientationd(both, axcodes=config.axcodes, labels=None),  # labels from the tensor's space (RAS)
         ResizeWithPadOrCropd(both, spatial_size=config.spatial_size),
         # Masking before the z-score makes its statistics those of the brain voxels: resampling

@@ -98,8 +98,13 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
             raise RunError(f"--resume {run_dir}: no checkpoint to resume from")
         data = settings["data"]
         request = replace(
-            request, preset=settings["preset"], source=Path(data["source"]), views=tuple(data["views"]),
-            t1_pattern=data["t1_pattern"], t2_pattern=data["t2_pattern"], seed=settings["seed"],
+            request,
+            preset=settings["preset"],
+            source=Path(data["source"]),
+            views=tuple(data["views"]),
+            t1_pattern=data["t1_pattern"],
+            t2_pattern=data["t2_pattern"],
+            seed=settings["seed"],
             train_overrides={**settings["train"], **request.train_overrides},
         )
     preset = PRESETS[request.preset]
@@ -131,13 +136,27 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
     image_pair = (by_split["val"] or by_split["train"])[0]
     cache_root = request.cache_root or Path(request.data_root) / "cache"
     trainer = Trainer(
-        run_dir, preset.model, preset.preprocessing, train_config, by_split["train"], image_pair,
-        seed=request.seed, device=request.device, num_workers=request.num_workers, cache_root=cache_root,
+        run_dir,
+        preset.model,
+        preset.preprocessing,
+        train_config,
+        by_split["train"],
+        image_pair,
+        seed=request.seed,
+        device=request.device,
+        num_workers=request.num_workers,
+        cache_root=cache_root,
     )
     trained = trainer.run(resume_from=checkpoint)
     bundle = write_bundle(
-        run_dir / "bundle", trained, preset.model, preset.preprocessing, by_split["train"], cache_root,
-        trainer.device, extra={"trained_steps": trained.step, "run": run_dir.name, "dataset": dataset},
+        run_dir / "bundle",
+        trained,
+        preset.model,
+        preset.preprocessing,
+        by_split["train"],
+        cache_root,
+        trainer.device,
+        extra={"trained_steps": trained.step, "run": run_dir.name, "dataset": dataset},
     )
     print(f"run folder: {run_dir}")
     print(f"  training log: {run_dir / 'Training.csv'} (curves: {run_dir / 'training_curves.png'})")

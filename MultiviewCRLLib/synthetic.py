@@ -128,9 +128,7 @@ def load_template() -> Template:
 
 def tissue_signal(tr_ms: float, te_ms: float) -> dict[str, float]:
     """Spin-echo signal of each tissue for one protocol."""
-    return {
-        name: pd * (1.0 - math.exp(-tr_ms / t1)) * math.exp(-te_ms / t2) for name, (t1, t2, pd) in TISSUES.items()
-    }
+    return {name: pd * (1.0 - math.exp(-tr_ms / t1)) * math.exp(-te_ms / t2) for name, (t1, t2, pd) in TISSUES.items()}
 
 
 def factor_names() -> tuple[list[str], dict[str, list[str]]]:
@@ -231,7 +229,9 @@ class SubjectGenerator:
         if box is not None:
             d = x[(slice(None), *box)] - v[:, None, None, None]
             weight = np.exp(-0.5 * np.sum((d / sigma[:, None, None, None]) ** 2, axis=0))
-            x[(slice(None), *box)] = v[:, None, None, None] + d * (1.0 - np.float32(factors["ventricle_enlargement"]) * weight)
+            x[(slice(None), *box)] = v[:, None, None, None] + d * (
+                1.0 - np.float32(factors["ventricle_enlargement"]) * weight
+            )
         return x
 
     def lesion_centers(self, factors: dict[str, float], rng: np.random.Generator) -> np.ndarray:
@@ -277,7 +277,9 @@ class SubjectGenerator:
         image = sum(tissues[name] * np.float32(s) for name, s in signal.items())
         c = self.template.brain_center_mm
         gradient = (style["bias_x"], style["bias_y"], style["bias_z"])
-        log_bias = sum(np.float32(g) * (w - np.float32(c[d])) for d, (g, w) in enumerate(zip(gradient, self.world_axes())))
+        log_bias = sum(
+            np.float32(g) * (w - np.float32(c[d])) for d, (g, w) in enumerate(zip(gradient, self.world_axes()))
+        )
         image *= np.exp(log_bias / np.float32(BIAS_LENGTH_MM))
         image *= np.float32(style["gain"] * REFERENCE_INTENSITY)
         sigma = np.float32(style["noise_level"] * REFERENCE_INTENSITY)

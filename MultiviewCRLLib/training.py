@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .bundle import save_bundle
 from .config import ModelConfig, PreprocessingConfig, TrainConfig
-from .data import VIEW_KEYS, paired_dataset
+from .data import VIEW_KEYS, paired_dataset, plain_collate
 from .discovery import Pair
 from .losses import BaurLoss, ContentInfoNCE, retrieval_top1
 from .networks import Decoder, Encoder
@@ -76,7 +76,11 @@ def select_device(name: str) -> torch.device:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = [(int(m.group(1)), p) for p in (Path(run_dir) / "checkpoints").glob("step_*.pt") if (m := CHECKPOINT_PATTERN.search(p.name))]
+    found = [
+        (int(m.group(1)), p)
+        for p in (Path(run_dir) / "checkpoints").glob("step_*.pt")
+        if (m := CHECKPOINT_PATTERN.search(p.name))
+    ]
     return max(found)[1] if found else None
 
 
@@ -204,7 +208,7 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------------
     def train_step(self, batch: dict) -> dict[str, float]:
-        x = convert_to_tensor(torch.cat([batch["t1"], batch["t2"]]), track_meta=False).to(self.device)  # (2B, 1, X, Y, Z)
+        x = torch.cat([batch["t1"], batch["t2"]]).to(self.device)  # (2B, 1, X, Y, Z)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             z = self.encoder(x)
             z1, z2 = z.chunk(2)
@@ -237,7 +241,7 @@ class Trainer:
         writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.step + 1 if self.step else None)
         dataset = paired_dataset(self.train_pairs, self.preprocessing, self.cache_root, cfg.augment, self.seed)
         sampler = StepBatches(len(dataset), cfg.batch_size, self.seed, self.step, cfg.steps)
-        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=plain_collate)
         images = file_transforms(VIEW_KEYS, self.preprocessing)(self.image_pair.as_item())
         start = time.perf_counter()
         window: list[dict[str, float]] = []
@@ -247,8 +251,10 @@ class Trainer:
             self.step += 1
             window.append(metrics)
             bar.set_postfix(
-                total=f"{metrics['total']:.3f}", nce=f"{metrics['contrastive']:.3f}",
-                recon=f"{metrics['reconstruction']:.0f}", top1=f"{metrics['top1_retrieval']:.2f}",
+                total=f"{metrics['total']:.3f}",
+                nce=f"{metrics['contrastive']:.3f}",
+                recon=f"{metrics['reconstruction']:.0f}",
+                top1=f"{metrics['top1_retrieval']:.2f}",
             )
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 row = {"step": self.step, **{k: float(np.mean([m[k] for m in window])) for k in window[0]}}
@@ -271,15 +277,22 @@ class Trainer:
 
 @torch.no_grad()
 def encode_pairs(
-    encoder: Encoder, pairs: list[Pair], preprocessing: PreprocessingConfig, cache_root: Path | None, device, batch_size: int = 8
+    encoder: Encoder,
+    pairs: list[Pair],
+    preprocessing: PreprocessingConfig,
+    cache_root: Path | None,
+    device,
+    batch_size: int = 8,
 ) -> dict[str, torch.Tensor]:
     """Latents of both views of every pair: {"t1": (N, latent), "t2": (N, latent)}."""
     encoder.eval()
-    loader = DataLoader(paired_dataset(pairs, preprocessing, cache_root), batch_size=batch_size)
+    loader = DataLoader(
+        paired_dataset(pairs, preprocessing, cache_root), batch_size=batch_size, collate_fn=plain_collate
+    )
     out = {key: [] for key in VIEW_KEYS}
     for batch in loader:
         for key in VIEW_KEYS:
-            out[key].append(encoder(convert_to_tensor(batch[key], track_meta=False).to(device)).float().cpu())
+            out[key].append(encoder(batch[key].to(device)).float().cpu())
     return {key: torch.cat(parts) for key, parts in out.items()}
 
 

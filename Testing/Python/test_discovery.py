@@ -108,7 +108,9 @@ def bad_inputs(cohort, root):
         shutil.copy(volume_path(cohort, "sub-0004", "T2w"), anat(subject) / f"{subject}_T2w.nii.gz")
         if reason:
             expected[subject] = reason
-    copy_pair(cohort, "sub-0005", anat("sub-trunc") / "sub-trunc_T1w.nii.gz", anat("sub-trunc") / "sub-trunc_T2w.nii.gz")
+    copy_pair(
+        cohort, "sub-0005", anat("sub-trunc") / "sub-trunc_T1w.nii.gz", anat("sub-trunc") / "sub-trunc_T2w.nii.gz"
+    )
     full = (anat("sub-trunc") / "sub-trunc_T2w.nii.gz").read_bytes()
     (anat("sub-trunc") / "sub-trunc_T2w.nii.gz").write_bytes(full[: len(full) // 2])
     copy_pair(cohort, "sub-0006", anat("sub-text") / "sub-text_T1w.nii.gz", None)

@@ -118,7 +118,9 @@ def test_same_arguments_give_identical_bytes(tmp_path):
     for rel in files_a:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     c = synthetic.generate_cohort(tmp_path / "c", n_subjects=3, seed=12, spacing_mm=4.0)
-    assert (c / "sub-0001/anat/sub-0001_T1w.nii.gz").read_bytes() != (a / "sub-0001/anat/sub-0001_T1w.nii.gz").read_bytes()
+    assert (c / "sub-0001/anat/sub-0001_T1w.nii.gz").read_bytes() != (
+        a / "sub-0001/anat/sub-0001_T1w.nii.gz"
+    ).read_bytes()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,206 @@
+"""The tiny preset trains for real: losses fall, logs/images/checkpoints appear on schedule, the
+bundle round-trips, a run is never overwritten, and the report's command parses."""
+
+import csv
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import pytest
+import torch
+
+import trainer_cli
+from MultiviewCRLLib.bundle import BundleError, load_bundle, save_bundle
+from MultiviewCRLLib.config import PRESETS
+from MultiviewCRLLib.data import VIEW_KEYS, read_splits
+from MultiviewCRLLib.discovery import discover_bids
+from MultiviewCRLLib.networks import Encoder
+from MultiviewCRLLib.preprocessing import file_transforms
+from MultiviewCRLLib.runs import RunError, RunRequest, train_run
+
+STEPS = 30
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_run")
+    request = RunRequest(preset="tiny", model_id="first", results=root / "results", data_root=root / "data")
+    return train_run(request), request
+
+
+def read_csv(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def test_both_losses_go_down(tiny_run):
+    run_dir, _ = tiny_run
+    rows = read_csv(run_dir / "Training.csv")
+    assert rows[0]["contrastive"] < 1.946 + 0.1  # starts near chance, log(2B - 1) at B = 4
+    assert rows[-1]["contrastive"] < rows[0]["contrastive"] - 0.2
+    assert rows[-1]["top1_retrieval"] > 1 / 7
+    assert rows[-1]["reconstruction"] < 0.8 * rows[0]["reconstruction"]
+
+
+def test_outputs_appear_on_schedule(tiny_run):
+    run_dir, _ = tiny_run
+    train = PRESETS["tiny"].train
+    rows = read_csv(run_dir / "Training.csv")
+    assert [int(r["step"]) for r in rows] == list(range(train.log_every, STEPS + 1, train.log_every))
+    assert set(rows[0]) == {"step", "total", "contrastive", "reconstruction", "top1_retrieval", "lr", "seconds"}
+    snapshots = list(range(train.image_every, STEPS + 1, train.image_every))
+    for key in VIEW_KEYS:
+        assert (run_dir / "images" / f"{key}_input.nii.gz").is_file()
+        for step in snapshots:
+            decoded = nib.load(run_dir / "images" / f"step_{step:06d}_{key}_decoded.nii.gz")
+            assert decoded.shape == PRESETS["tiny"].preprocessing.spatial_size
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == [f"step_{s:06d}.pt" for s in range(train.checkpoint_every, STEPS + 1, train.checkpoint_every)]
+    state = torch.load(run_dir / "checkpoints" / f"step_{STEPS:06d}.pt", weights_only=True)
+    assert state["step"] == STEPS and {"encoder", "decoder", "optimizer", "scaler", "rng"} <= set(state)
+    for name in ("settings.json", "splits.tsv", "discovery.tsv", "training_curves.png"):
+        assert (run_dir / name).is_file()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    settings = json.loads((run_dir / "settings.json").read_text())
+    assert settings["preset"] == "tiny" and settings["train"]["steps"] == STEPS
+
+
+def test_splits_are_subject_disjoint_and_saved(tiny_run):
+    run_dir, _ = tiny_run
+    splits = read_splits(run_dir / "splits.tsv")
+    assert len(splits) == PRESETS["tiny"].cohort.subjects
+    assert set(splits.values()) == {"train", "val", "test"}
+
+
+def test_bundle_round_trip_reproduces_the_embeddings(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    bundle = load_bundle(run_dir / "bundle")
+    preset = PRESETS["tiny"]
+    assert set(bundle.style_means) == {"T1w", "T2w"}
+    assert bundle.style_means["T1w"].shape == (preset.model.style_dim,)
+    assert bundle.settings["content_dims"] == [0, preset.model.content_dim]
+    state = torch.load(run_dir / "checkpoints" / f"step_{STEPS:06d}.pt", weights_only=True)
+    trained = Encoder(preset.model)
+    trained.load_state_dict(state["encoder"])
+    trained.eval()
+    settings = json.loads((run_dir / "settings.json").read_text())
+    pair = discover_bids(Path(settings["data"]["source"])).kept[0]
+    x = file_transforms(["t1"], preset.preprocessing)({"t1": str(pair.t1)})["t1"].as_tensor()[None]
+    with torch.no_grad():
+        assert torch.allclose(bundle.encoder(x), trained(x), atol=1e-6)
+        # The style means separate the views: T1w and T2w contrasts differ.
+        assert not torch.allclose(bundle.style_means["T1w"], bundle.style_means["T2w"])
+    half = save_bundle(
+        tmp_path / "half",
+        bundle.encoder,
+        bundle.decoder,
+        bundle.model,
+        bundle.preprocessing,
+        bundle.style_means,
+        half=True,
+    )
+    with torch.no_grad():
+        assert torch.allclose(load_bundle(half).encoder(x), trained(x), atol=1e-2)
+
+
+def test_bundle_refusals(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    with pytest.raises(BundleError, match="folder not found"):
+        load_bundle(tmp_path / "none")
+    missing = shutil.copytree(run_dir / "bundle", tmp_path / "missing")
+    (missing / "weights.pt").unlink()
+    with pytest.raises(BundleError, match="missing weights.pt"):
+        load_bundle(missing)
+    mismatched = shutil.copytree(run_dir / "bundle", tmp_path / "mismatched")
+    settings = json.loads((mismatched / "settings.json").read_text())
+    settings["model"]["encoder_channels"] = [8, 8, 16]
+    (mismatched / "settings.json").write_text(json.dumps(settings))
+    with pytest.raises(BundleError, match=r"mismatched: encoder weights do not match settings.json"):
+        load_bundle(mismatched)
+    broken = shutil.copytree(run_dir / "bundle", tmp_path / "broken")
+    (broken / "settings.json").write_text("{not json")
+    with pytest.raises(BundleError, match=r"broken: settings.json is invalid"):
+        load_bundle(broken)
+
+
+class Payload:
+    """Unpickling this would run a shell command."""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_payload_is_refused(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    hostile = shutil.copytree(run_dir / "bundle", tmp_path / "hostile")
+    payload = Payload()
+    payload.marker = tmp_path / "executed"
+    with open(hostile / "weights.pt", "wb") as f:
+        pickle.dump({"encoder": payload, "decoder": {}}, f)
+    with pytest.raises(BundleError, match="weights.pt refused"):
+        load_bundle(hostile)
+    assert not payload.marker.exists()
+
+
+def test_existing_run_is_never_overwritten(tiny_run):
+    run_dir, request = tiny_run
+    before = (run_dir / "Training.csv").read_bytes()
+    with pytest.raises(RunError, match="already exists"):
+        train_run(request)
+    assert (run_dir / "Training.csv").read_bytes() == before
+
+
+def test_resume_continues_from_the_latest_checkpoint(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    copy = shutil.copytree(run_dir, tmp_path / "copy")
+    (copy / "checkpoints" / f"step_{STEPS:06d}.pt").unlink()  # as if stopped after step 20
+    rows_before = read_csv(copy / "Training.csv")
+    code = trainer_cli.main(["--resume", str(copy)])
+    assert code == 0
+    rows = read_csv(copy / "Training.csv")
+    assert [r["step"] for r in rows] == [r["step"] for r in rows_before]
+    assert (copy / "checkpoints" / f"step_{STEPS:06d}.pt").is_file()
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert trainer_cli.main(["--resume", str(tmp_path)]) == 2
+    assert "no settings.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        trainer_cli.main(["--batch-size", "1"])
+    assert exit_info.value.code == 2
+    assert "--batch-size must be at least 2" in capsys.readouterr().err
+    empty = tmp_path / "empty_bids"
+    empty.mkdir()
+    assert trainer_cli.main(["--bids", str(empty), "--results", str(tmp_path / "r")]) == 2
+    assert "no usable subjects" in capsys.readouterr().err
+
+
+def test_report_command_parses_with_the_report_values():
+    argv = "--dataroot /data --dataset_name ADNI --train-steps 100001 --batch-size 4 --use-amp"
+    argv += " --scale-recon-loss 1e-5 --lr 1e-5 --tau 1.0 --model-id report --preset seed"
+    parser = trainer_cli.build_parser()
+    request = trainer_cli.request_from_args(parser.parse_args(argv.split()), parser)
+    assert request.source == Path("/data/ADNI") and request.dataset == "ADNI" and request.model_id == "report"
+    assert request.train_overrides == {
+        "steps": 100001,
+        "batch_size": 4,
+        "amp": True,
+        "scale_recon_loss": 1e-5,
+        "lr": 1e-5,
+        "tau": 1.0,
+    }
+    seed = PRESETS["seed"].train
+    assert (seed.batch_size, seed.lr, seed.tau, seed.scale_recon_loss, seed.amp, seed.clip_grad_norm) == (
+        4,
+        1e-5,
+        1.0,
+        1e-5,
+        True,
+        2.0,
+    )
+    help_text = parser.format_help()
+    for flag in ("--dataroot", "--dataset_name", "--train-steps", "--resume", "--preset", "--num-workers"):
+        assert flag in help_text
