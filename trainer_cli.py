@@ -2,7 +2,8 @@
 """Headless trainer for MultiviewCRL.
 
 With no arguments it runs the main job: builds the embedded synthetic cohort once, trains the
-CPU-sized ``demo`` preset and writes a model bundle. The technical report's command works as
+CPU-sized ``demo`` preset, writes a model bundle and evaluates it. ``trainer_cli.py evaluate
+--run RUN_DIR`` evaluates a finished run again. The technical report's command works as
 written, e.g.::
 
     python trainer_cli.py --dataroot /data --dataset_name ADNI --t1-pattern '*T1w*.nii.gz' \\
@@ -144,16 +145,35 @@ def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
     )
 
 
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trainer_cli.py evaluate",
+        description="Evaluate a finished run on its test split: probes, retrieval, reconstruction, cross-view "
+        "synthesis, DCI and an untrained-encoder baseline. Writes metrics.json and report.png into the run "
+        "folder and its bundle.",
+    )
+    parser.add_argument("--run", type=Path, required=True, help="the run folder (results/{dataset}/{model_id})")
+    parser.add_argument("--data-root", type=Path, default=Path("data"), help="where the preprocessing cache lives")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    request = request_from_args(args, parser)
+    argv = sys.argv[1:] if argv is None else argv
     from MultiviewCRLLib.bundle import BundleError
     from MultiviewCRLLib.discovery import DiscoveryError
-    from MultiviewCRLLib.runs import RunError, train_run
+    from MultiviewCRLLib.runs import RunError, evaluate_run, train_run
+    from MultiviewCRLLib.training import select_device
 
     try:
-        train_run(request, resume=args.resume)
+        if argv[:1] == ["evaluate"]:
+            args = build_evaluate_parser().parse_args(argv[1:])
+            evaluate_run(args.run, args.data_root / "cache", select_device(args.device))
+            print(f"wrote {args.run / 'metrics.json'} and {args.run / 'report.png'}")
+        else:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            train_run(request_from_args(args, parser), resume=args.resume)
     except (RunError, DiscoveryError, BundleError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

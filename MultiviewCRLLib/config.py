@@ -150,6 +150,6 @@ PRESETS = {
         ),
         PreprocessingConfig(spacing_mm=(8.0, 8.0, 8.0), spatial_size=(24, 28, 24)),
         TrainConfig(steps=30, amp=False, lr=1e-3, log_every=5, image_every=10, checkpoint_every=10),
-        CohortConfig(subjects=16, spacing_mm=4.0),
+        CohortConfig(subjects=48, spacing_mm=4.0),
     ),
 }

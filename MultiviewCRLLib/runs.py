@@ -158,9 +158,45 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
         trainer.device,
         extra={"trained_steps": trained.step, "run": run_dir.name, "dataset": dataset},
     )
+    evaluate_run(run_dir, cache_root, trainer.device)
     print(f"run folder: {run_dir}")
     print(f"  training log: {run_dir / 'Training.csv'} (curves: {run_dir / 'training_curves.png'})")
     print(f"  decoded images: {run_dir / 'images'}  checkpoints: {run_dir / 'checkpoints'}")
     print(f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
     print(f"  model bundle: {bundle}")
+    print(f"  evaluation: {run_dir / 'metrics.json'} and {run_dir / 'report.png'} (copied into the bundle)")
     return run_dir
+
+
+def run_pairs(run_dir: Path) -> tuple[dict, dict[str, list]]:
+    """A run's settings and its kept pairs per split, rediscovered from the saved source."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "settings.json").is_file():
+        raise RunError(f"{run_dir}: no settings.json there; is it a run folder?")
+    settings = json.loads((run_dir / "settings.json").read_text())
+    data = settings["data"]
+    report = discover(Path(data["source"]), tuple(data["views"]), data["t1_pattern"], data["t2_pattern"])
+    splits = read_splits(run_dir / "splits.tsv")
+    by_split = {name: [p for p in report.kept if splits.get(p.subject) == name] for name in ("train", "val", "test")}
+    return settings, by_split
+
+
+def evaluate_run(run_dir: Path, cache_root: Path | None = None, device="cpu") -> dict:
+    """metrics.json and report.png for a finished run, in the run folder and in its bundle."""
+    from .bundle import load_bundle
+    from .evaluation import evaluate, write_metrics
+    from .report import write_report
+    from .training import read_training_csv
+
+    run_dir = Path(run_dir)
+    settings, by_split = run_pairs(run_dir)
+    if len(by_split["val"]) < 4 or len(by_split["test"]) < 4:
+        raise RunError(f"{run_dir}: evaluation needs at least 4 validation and 4 test subjects")
+    bundle = load_bundle(run_dir / "bundle", device)
+    cache_root = cache_root or Path("data") / "cache"
+    metrics, material = evaluate(bundle, by_split["val"], by_split["test"], cache_root, device, settings["seed"])
+    rows = read_training_csv(run_dir / "Training.csv")
+    for folder in (run_dir, run_dir / "bundle"):
+        write_metrics(metrics, folder / "metrics.json")
+        write_report(metrics, material, rows, folder / "report.png")
+    return metrics

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from MultiviewCRLLib.runs import RunRequest, train_run
 from MultiviewCRLLib.synthetic import generate_cohort
 
 
@@ -21,3 +22,16 @@ def cohort_1mm(tmp_path_factory) -> Path:
 
 def volume_path(bids: Path, subject: str, view: str) -> Path:
     return bids / subject / "anat" / f"{subject}_{view}.nii.gz"
+
+
+@pytest.fixture(scope="session")
+def tiny_run_and_request(tmp_path_factory):
+    """One real run of the tiny preset (training, bundle, evaluation) shared by the tests that read it."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    request = RunRequest(preset="tiny", model_id="first", results=root / "results", data_root=root / "data")
+    return train_run(request), request
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tiny_run_and_request):
+    return tiny_run_and_request[0]

@@ -19,16 +19,14 @@ from MultiviewCRLLib.data import VIEW_KEYS, read_splits
 from MultiviewCRLLib.discovery import discover_bids
 from MultiviewCRLLib.networks import Encoder
 from MultiviewCRLLib.preprocessing import file_transforms
-from MultiviewCRLLib.runs import RunError, RunRequest, train_run
+from MultiviewCRLLib.runs import RunError, train_run
 
 STEPS = 30
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_run")
-    request = RunRequest(preset="tiny", model_id="first", results=root / "results", data_root=root / "data")
-    return train_run(request), request
+def tiny_run(tiny_run_and_request):
+    return tiny_run_and_request
 
 
 def read_csv(path: Path) -> list[dict[str, float]]:

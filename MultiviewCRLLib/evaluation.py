@@ -1,0 +1,358 @@
+"""Evaluation on the test split: identifiability probes, retrieval, reconstruction, cross-view
+synthesis, DCI, and the same probes on an untrained encoder as a baseline.
+
+Protocol (the identifiability literature's): encode validation and test subjects; split each
+latent into content ``h[:, :content_dim]`` and style ``h[:, content_dim:]``; fit a StandardScaler
+and every probe on validation, score on test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.metrics import PSNRMetric
+from monai.metrics.regression import compute_ssim_and_cs
+
+from .bundle import Bundle
+from .data import VIEW_KEYS, paired_dataset, plain_collate
+from .discovery import Pair
+
+VIEWS = {"t1": "T1w", "t2": "T2w"}
+KERNEL_RIDGE_GRID = {"alpha": [1.0, 0.1, 0.01, 0.001], "gamma": np.logspace(-2, 2, 4).tolist()}
+# z-scoring the intensities removes a global gain, so it cannot be recovered from any image.
+STYLE_FACTORS_REMOVED_BY_PREPROCESSING = ("gain",)
+
+
+@dataclass
+class Encoded:
+    """Latents of both views, (N, latent_dim) each, for the subjects in ``pairs`` (same order)."""
+
+    pairs: list[Pair]
+    t1: np.ndarray
+    t2: np.ndarray
+
+
+def metric(value: float, definition: str, split: str = "test") -> dict:
+    return {
+        "value": None if value is None or not math.isfinite(value) else float(value),
+        "definition": definition,
+        "split": split,
+    }
+
+
+# --- probes ------------------------------------------------------------------------------------
+def probe_r2(x_val: np.ndarray, y_val: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> dict[str, float]:
+    """R² on test of a linear and a kernel-ridge (RBF, grid-searched with 3-fold CV) probe fitted on validation."""
+    from sklearn.kernel_ridge import KernelRidge
+    from sklearn.linear_model import LinearRegression
+    from sklearn.metrics import r2_score
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x_val)
+    a, b = scaler.transform(x_val), scaler.transform(x_test)
+    target = StandardScaler().fit(y_val[:, None])
+    ya, yb = target.transform(y_val[:, None]).ravel(), target.transform(y_test[:, None]).ravel()
+    linear = LinearRegression().fit(a, ya)
+    folds = max(2, min(3, len(a) // 2))  # R² needs at least two samples per held-out fold
+    kernel = GridSearchCV(KernelRidge(kernel="rbf"), KERNEL_RIDGE_GRID, cv=folds).fit(a, ya)
+    return {"linear": float(r2_score(yb, linear.predict(b))), "kernel_ridge": float(r2_score(yb, kernel.predict(b)))}
+
+
+def view_accuracy(val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> float:
+    """LogisticRegression accuracy on test at telling the T1w block from the T2w block (chance 0.5)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x_val, y_val = np.concatenate(val), np.repeat([0, 1], [len(val[0]), len(val[1])])
+    x_test, y_test = np.concatenate(test), np.repeat([0, 1], [len(test[0]), len(test[1])])
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x_val, y_val)
+    return float(model.score(x_test, y_test))
+
+
+def dci(x_val: np.ndarray, factors_val: np.ndarray, x_test: np.ndarray, factors_test: np.ndarray) -> dict[str, float]:
+    """DCI (Eastwood & Williams) with gradient-boosted-tree importances; informativeness is test R²."""
+    from sklearn.ensemble import GradientBoostingRegressor
+    from sklearn.metrics import r2_score
+
+    importances, informativeness = [], []
+    for j in range(factors_val.shape[1]):
+        model = GradientBoostingRegressor(n_estimators=50, max_depth=2, random_state=0).fit(x_val, factors_val[:, j])
+        importances.append(model.feature_importances_)
+        informativeness.append(r2_score(factors_test[:, j], model.predict(x_test)))
+    r = np.abs(np.array(importances).T)  # (codes, factors)
+
+    def entropy_score(p: np.ndarray, base: int) -> np.ndarray:
+        p = p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
+        return 1.0 - (-(p * np.log(np.clip(p, 1e-12, None))).sum(axis=1) / np.log(base))
+
+    code_weight = r.sum(axis=1) / max(r.sum(), 1e-12)
+    disentanglement = float((entropy_score(r, r.shape[1]) * code_weight).sum()) if r.shape[1] > 1 else 1.0
+    completeness = float(entropy_score(r.T, r.shape[0]).mean())
+    return {
+        "disentanglement": disentanglement,
+        "completeness": completeness,
+        "informativeness_r2": float(np.mean(informativeness)),
+    }
+
+
+# --- retrieval -------------------------------------------------------------------------------
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-12)
+    return a @ b.T
+
+
+def retrieval_at_k(queries: np.ndarray, keys: np.ndarray, k: int) -> float:
+    """Fraction of queries whose own subject (same row) is among the k most similar keys."""
+    ranks = np.argsort(-cosine(queries, keys), axis=1)[:, :k]
+    return float(np.mean([i in row for i, row in enumerate(ranks)]))
+
+
+# --- images --------------------------------------------------------------------------------------
+def masked_unit_range(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both images scaled to [0, 1] by the target's range inside the mask, zero outside it."""
+    inside = target[mask]
+    low, high = inside.min(), inside.max()
+    scale = (high - low).clamp_min(1e-6)
+    return ((pred - low) / scale).clamp(0, 1) * mask, ((target - low) / scale) * mask
+
+
+def psnr_ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """PSNR and SSIM inside the brain mask on [0, 1] intensities. Tensors (X, Y, Z); mask boolean."""
+    p, t = masked_unit_range(pred, target, mask)
+    psnr = PSNRMetric(max_val=1.0)(p[mask][None, None], t[mask][None, None]).item()
+    window = 7
+    ssim_map, _ = compute_ssim_and_cs(p[None, None], t[None, None], 3, [window] * 3, [1.5] * 3, data_range=1.0)
+    cut = window // 2
+    inner = mask[cut:-cut, cut:-cut, cut:-cut]
+    return psnr, ssim_map[0, 0][inner].mean().item()
+
+
+@torch.no_grad()
+def encode(encoder, pairs: list[Pair], preprocessing, cache_root, device, with_images: bool = False):
+    """Latents (and, optionally, the preprocessed volumes and masks) of both views of each pair."""
+    encoder.eval()
+    dataset = paired_dataset(pairs, preprocessing, cache_root)
+    latents = {key: [] for key in VIEW_KEYS}
+    images = []
+    for start in range(0, len(dataset), 8):
+        batch = plain_collate([dataset[i] for i in range(start, min(start + 8, len(dataset)))])
+        for key in VIEW_KEYS:
+            latents[key].append(encoder(batch[key].to(device)).float().cpu())
+        if with_images:
+            images += [{k: batch[k][i, 0] for k in ("t1", "t2", "mask_t1", "mask_t2")} for i in range(len(batch["t1"]))]
+    out = Encoded(pairs, *(torch.cat(latents[k]).numpy() for k in VIEW_KEYS))
+    return (out, images) if with_images else out
+
+
+@torch.no_grad()
+def image_quality(bundle: Bundle, encoded: Encoded, images: list[dict], device) -> tuple[dict, list[dict]]:
+    """Self-reconstruction, cross-view synthesis (other view's style, and the cohort mean style).
+
+    Returns the metrics and, per subject, the decoded volumes for the report.
+    """
+    c = bundle.content_dim
+    z = {key: torch.from_numpy(getattr(encoded, key)) for key in VIEW_KEYS}
+    mean_style = {key: bundle.style_means[VIEWS[key]].expand(len(z[key]), -1) for key in VIEW_KEYS}
+    other = {"t1": "t2", "t2": "t1"}
+    latents = {}
+    for key in VIEW_KEYS:
+        latents[f"recon_{key}"] = z[key]
+        # Target view `key` from the other view's anatomy: content of the other view + style of this one.
+        latents[f"cross_{key}"] = torch.cat([z[other[key]][:, :c], z[key][:, c:]], 1)
+        latents[f"cross_meanstyle_{key}"] = torch.cat([z[other[key]][:, :c], mean_style[key]], 1)
+    decoded = {
+        name: torch.cat([bundle.decoder(lat[i : i + 8].to(device)).float().cpu() for i in range(0, len(lat), 8)])[:, 0]
+        for name, lat in latents.items()
+    }
+    scores = {name: [] for name in decoded}
+    for i, volumes in enumerate(images):
+        for name in decoded:
+            key = name.rsplit("_", 1)[1]
+            scores[name].append(psnr_ssim(decoded[name][i], volumes[key], volumes[f"mask_{key}"] > 0.5))
+    metrics = {}
+    described = {
+        "recon": "self-reconstruction decode(z of {v}) vs {v}",
+        "cross": "cross-view synthesis decode(content of the other view + style of {v}) vs {v}",
+        "cross_meanstyle": "missing-view synthesis decode(content of the other view + cohort mean style of {v}) vs {v}",
+    }
+    for name, values in scores.items():
+        kind, key = name.rsplit("_", 1)
+        text = described[kind].format(v=VIEWS[key])
+        metrics[f"psnr_{name}"] = metric(
+            np.mean([v[0] for v in values]), f"PSNR (dB) inside the brain mask, [0,1] range: {text}"
+        )
+        metrics[f"ssim_{name}"] = metric(
+            np.mean([v[1] for v in values]), f"SSIM inside the brain mask, [0,1] range: {text}"
+        )
+    for key in VIEW_KEYS:
+        gap = metrics[f"psnr_recon_{key}"]["value"] - metrics[f"psnr_cross_{key}"]["value"]
+        metrics[f"psnr_gap_cross_{key}"] = metric(
+            gap, f"self-reconstruction PSNR minus cross-view PSNR for {VIEWS[key]} (dB)"
+        )
+    per_subject = [{name: decoded[name][i] for name in decoded} for i in range(len(images))]
+    return metrics, per_subject
+
+
+# --- the whole evaluation ------------------------------------------------------------------------
+def factor_groups(pairs: list[Pair]) -> dict[str, list[str]] | None:
+    """Known generating factors in the labels (the synthetic cohort's), grouped; None for real cohorts."""
+    from .synthetic import factor_names
+
+    content, style = factor_names()
+    if not pairs or not all(name in pairs[0].labels for name in content):
+        return None
+    return {"content": content, "style_T1w": style["T1w"], "style_T2w": style["T2w"]}
+
+
+def factor_matrix(pairs: list[Pair], names: list[str]) -> np.ndarray:
+    return np.array([[float(p.labels[n]) for n in names] for p in pairs])
+
+
+def representation_metrics(val: Encoded, test: Encoded, content_dim: int, seed: int = 0) -> dict:
+    """Probes, view accuracy, retrieval and DCI for one encoder's latents."""
+    blocks = {"content": slice(0, content_dim), "style": slice(content_dim, None), "full": slice(None)}
+    out: dict = {}
+    for view in VIEW_KEYS:
+        q, k = getattr(test, view)[:, :content_dim], getattr(test, "t2" if view == "t1" else "t1")[:, :content_dim]
+        other = "T2w" if view == "t1" else "T1w"
+        for top in (1, 5):
+            out[f"retrieval_top{top}_{VIEWS[view]}_to_{other}"] = metric(
+                retrieval_at_k(q, k, top),
+                f"content cosine retrieval of the subject's {other} among test subjects, top-{top} (chance {top}/{len(q)})",
+            )
+    for block, cols in blocks.items():
+        out[f"view_accuracy_{block}"] = metric(
+            view_accuracy((val.t1[:, cols], val.t2[:, cols]), (test.t1[:, cols], test.t2[:, cols])),
+            f"LogisticRegression accuracy telling T1w from T2w on the {block} block (chance 0.5)",
+        )
+    groups = factor_groups(test.pairs)
+    if groups is None:
+        return out | real_cohort_metrics(test, content_dim)
+    rng = np.random.default_rng(seed)
+    per_factor: dict = {}
+    for block, cols in blocks.items():
+        for view in VIEW_KEYS:
+            x_val, x_test = getattr(val, view)[:, cols], getattr(test, view)[:, cols]
+            for group, names in groups.items():
+                y_val, y_test = factor_matrix(val.pairs, names), factor_matrix(test.pairs, names)
+                for j, name in enumerate(names):
+                    per_factor[(block, view, name)] = probe_r2(x_val, y_val[:, j], x_test, y_test[:, j])
+            if block == "content":
+                names = groups["content"]
+                y_val = factor_matrix(val.pairs, names)
+                shuffled = factor_matrix(test.pairs, names)[rng.permutation(len(test.pairs))]
+                control = [
+                    probe_r2(x_val, y_val[:, j], x_test, shuffled[:, j])["kernel_ridge"] for j in range(len(names))
+                ]
+                out[f"control_permuted_content_r2_{VIEWS[view]}"] = metric(
+                    float(np.mean(control)),
+                    "kernel-ridge R² of content -> content factors shuffled across test subjects (must collapse)",
+                )
+    for (block, view, name), r2 in per_factor.items():
+        for kind, value in r2.items():
+            out[f"r2_{kind}_{block}_{VIEWS[view]}_{name}"] = metric(
+                value, f"{kind} probe R² of {name} from the {block} block of the {VIEWS[view]} latent"
+            )
+    counted_style = {
+        view: [
+            n
+            for n in groups[f"style_{VIEWS[view]}"]
+            if n.split("_", 1)[1] not in STYLE_FACTORS_REMOVED_BY_PREPROCESSING
+        ]
+        for view in VIEW_KEYS
+    }
+    for block in blocks:
+        for kind in ("linear", "kernel_ridge"):
+            content_scores = [per_factor[(block, v, n)][kind] for v in VIEW_KEYS for n in groups["content"]]
+            out[f"r2_{kind}_{block}_to_content"] = metric(
+                float(np.mean(content_scores)),
+                f"mean {kind} R² of the content factors from the {block} block (both views)",
+            )
+            own = [per_factor[(block, v, n)][kind] for v in VIEW_KEYS for n in counted_style[v]]
+            out[f"r2_{kind}_{block}_to_own_style"] = metric(
+                float(np.mean(own)),
+                f"mean {kind} R² of the view's own style factors (gain excluded) from the {block} block",
+            )
+            any_style = [
+                per_factor[(block, v, n)][kind]
+                for v in VIEW_KEYS
+                for g in ("style_T1w", "style_T2w")
+                for n in groups[g]
+            ]
+            out[f"r2_{kind}_{block}_to_style"] = metric(
+                float(np.mean(any_style)), f"mean {kind} R² of all style factors (both views) from the {block} block"
+            )
+    out["style_factors_counted"] = {view: names for view, names in ((VIEWS[v], counted_style[v]) for v in VIEW_KEYS)}
+    all_factors = groups["content"] + groups["style_T1w"]
+    d = dci(val.t1, factor_matrix(val.pairs, all_factors), test.t1, factor_matrix(test.pairs, all_factors))
+    for key, value in d.items():
+        out[f"dci_{key}"] = metric(
+            value, f"DCI {key} of the T1w latent w.r.t. content and T1w style factors (gradient-boosted trees)"
+        )
+    return out
+
+
+def real_cohort_metrics(test: Encoded, content_dim: int) -> dict:
+    """Without generating factors: cross-view content agreement and style -> subject retrieval."""
+    sim = cosine(test.t1[:, :content_dim], test.t2[:, :content_dim])
+    off_diagonal = sim[~np.eye(len(sim), dtype=bool)]
+    return {
+        "content_cosine_same_subject": metric(
+            float(np.mean(np.diag(sim))), "mean content cosine between a subject's T1w and T2w"
+        ),
+        "content_cosine_other_subjects": metric(
+            float(np.mean(off_diagonal)), "mean content cosine between different subjects' T1w and T2w"
+        ),
+        "style_subject_retrieval_top1": metric(
+            retrieval_at_k(test.t1[:, content_dim:], test.t2[:, content_dim:], 1),
+            f"style cosine retrieval of the subject's T2w from its T1w (target: chance 1/{len(sim)})",
+        ),
+    }
+
+
+def evaluate(bundle: Bundle, val_pairs: list[Pair], test_pairs: list[Pair], cache_root, device="cpu", seed: int = 0):
+    """Every metric for the bundle and for an untrained encoder of the same architecture.
+
+    Returns (metrics, report material).
+    """
+    from .networks import Encoder
+
+    prep = bundle.preprocessing
+    bundle.encoder.to(device)
+    bundle.decoder.to(device).eval()
+    val = encode(bundle.encoder, val_pairs, prep, cache_root, device)
+    test, images = encode(bundle.encoder, test_pairs, prep, cache_root, device, with_images=True)
+    metrics = {"trained": representation_metrics(val, test, bundle.content_dim, seed)}
+    image_metrics, decoded = image_quality(bundle, test, images, device)
+    metrics["trained"].update(image_metrics)
+    torch.manual_seed(seed)
+    untrained = Encoder(bundle.model).to(device)
+    untrained(torch.randn(2, 1, *prep.spatial_size, device=device))  # BatchNorm statistics of a forward pass
+    metrics["untrained_baseline"] = representation_metrics(
+        encode(untrained, val_pairs, prep, cache_root, device),
+        encode(untrained, test_pairs, prep, cache_root, device),
+        bundle.content_dim,
+        seed,
+    )
+    metrics["subjects"] = {"val": len(val_pairs), "test": len(test_pairs)}
+    return metrics, {"images": images, "decoded": decoded, "subjects": [p.key for p in test_pairs]}
+
+
+def write_metrics(metrics: dict, path: Path) -> Path:
+    from .storage import atomic_write_json
+
+    return atomic_write_json(path, metrics)
+
+
+def load_metrics(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,85 @@
+"""report.png: test subjects' images and decodings, probe R² against the untrained baseline, curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = [
+    ("T1w", "image", "t1"),
+    ("T2w", "image", "t2"),
+    ("T1w reconstruction", "decoded", "recon_t1"),
+    ("T2w reconstruction", "decoded", "recon_t2"),
+    ("T2w→T1w", "decoded", "cross_t1"),
+    ("T1w→T2w", "decoded", "cross_t2"),
+    ("|T1w − T2w→T1w|", "error", "t1"),
+    ("|T2w − T1w→T2w|", "error", "t2"),
+]
+BARS = [
+    ("content → content", "r2_kernel_ridge_content_to_content"),
+    ("content → style", "r2_kernel_ridge_content_to_style"),
+    ("style → own style", "r2_kernel_ridge_style_to_own_style"),
+    ("style → content", "r2_kernel_ridge_style_to_content"),
+    ("full → content", "r2_kernel_ridge_full_to_content"),
+]
+
+
+def _axial(volume) -> np.ndarray:
+    array = np.asarray(volume, dtype=np.float32)
+    return array[:, :, array.shape[2] // 2].T
+
+
+def write_report(metrics: dict, material: dict, training_rows: list[dict], out_png: Path, n_subjects: int = 3) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(n_subjects, len(material["images"]))
+    fig = plt.figure(figsize=(16, 2.2 * n + 3.6))
+    grid = fig.add_gridspec(n + 1, len(COLUMNS), height_ratios=[1] * n + [1.5])
+    for row in range(n):
+        images, decoded = material["images"][row], material["decoded"][row]
+        for col, (title, kind, key) in enumerate(COLUMNS):
+            ax = fig.add_subplot(grid[row, col])
+            if kind == "image":
+                ax.imshow(_axial(images[key]), cmap="gray", origin="lower", vmin=-2.5, vmax=2.5)
+            elif kind == "decoded":
+                ax.imshow(
+                    _axial(decoded[key] * images[f"mask_{key[-2:]}"]), cmap="gray", origin="lower", vmin=-2.5, vmax=2.5
+                )
+            else:
+                error = (decoded[f"cross_{key}"] - images[key]).abs() * images[f"mask_{key}"]
+                ax.imshow(_axial(error), cmap="magma", origin="lower", vmin=0, vmax=2.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=9)
+            if col == 0:
+                ax.set_ylabel(material["subjects"][row], fontsize=8)
+    bars = fig.add_subplot(grid[n, : len(COLUMNS) // 2])
+    labels = [label for label, _ in BARS]
+    x = np.arange(len(labels))
+    for offset, (name, color) in zip((-0.2, 0.2), (("trained", "tab:blue"), ("untrained_baseline", "tab:gray"))):
+        values = [metrics.get(name, {}).get(key, {}).get("value") or 0.0 for _, key in BARS]
+        bars.bar(x + offset, values, width=0.4, color=color, label=name.replace("_", " "))
+    bars.set_xticks(x, labels, fontsize=8, rotation=15)
+    bars.set_ylabel("kernel-ridge R² (test)")
+    bars.set_ylim(min(-0.2, bars.get_ylim()[0]), 1.0)
+    bars.axhline(0, color="black", lw=0.5)
+    bars.legend(fontsize=8)
+    curves = fig.add_subplot(grid[n, len(COLUMNS) // 2 :])
+    if training_rows:
+        steps = [r["step"] for r in training_rows]
+        curves.plot(steps, [r["contrastive"] for r in training_rows], label="contrastive")
+        curves.plot(steps, [r["top1_retrieval"] for r in training_rows], label="batch top-1 retrieval")
+        twin = curves.twinx()
+        twin.plot(steps, [r["reconstruction"] for r in training_rows], color="tab:orange", label="reconstruction")
+        twin.set_ylabel("reconstruction", color="tab:orange")
+        curves.set_xlabel("step")
+        curves.legend(fontsize=8, loc="upper center")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+    return Path(out_png)
