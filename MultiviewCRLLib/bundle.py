@@ -1,8 +1,9 @@
 """The model bundle: what a trained model needs to run anywhere (trainer, evaluator, Slicer).
 
-A folder with ``weights.pt`` (encoder and decoder state dicts, plain tensors only) and
+A folder with ``weights.pt`` (encoder and decoder state dicts, plain tensors only),
 ``settings.json`` (model config, preprocessing config, content/style split, the training
-cohort's mean style vector per view). Loading never executes code from the files.
+cohort's mean style vector per view) and, optionally, ``cohort.pt`` (the training subjects'
+content embeddings, to place a new pair among them). Loading never executes code from the files.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .storage import atomic_torch_save, atomic_write_json
 
 WEIGHTS = "weights.pt"
 SETTINGS = "settings.json"
+COHORT = "cohort.pt"
 BUNDLE_FORMAT = 1
 
 
@@ -35,6 +37,8 @@ class Bundle:
     preprocessing: PreprocessingConfig
     style_means: dict[str, torch.Tensor]  # view name -> (style_dim,)
     settings: dict
+    cohort_subjects: list[str] | None = None
+    cohort_content: torch.Tensor | None = None  # (N, content_dim), mean of both views
 
     @property
     def content_dim(self) -> int:
@@ -50,8 +54,10 @@ def save_bundle(
     style_means: dict[str, torch.Tensor],
     extra: dict | None = None,
     half: bool = False,
+    cohort: tuple[list[str], torch.Tensor] | None = None,
 ) -> Path:
-    """Write a bundle; ``half`` stores float16 weights (loaded back as float32)."""
+    """Write a bundle; ``half`` stores float16 weights (loaded back as float32); ``cohort`` is
+    (subject ids, (N, content_dim) content embeddings)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -62,6 +68,9 @@ def save_bundle(
         }
 
     atomic_torch_save(folder / WEIGHTS, {"encoder": plain(encoder), "decoder": plain(decoder)})
+    if cohort is not None:
+        subjects, content = cohort
+        atomic_torch_save(folder / COHORT, {"subjects": list(subjects), "content": content.detach().float().cpu()})
     settings = {
         "format": BUNDLE_FORMAT,
         "model": model.to_dict(),
@@ -108,4 +117,15 @@ def load_bundle(folder: Path, device: str | torch.device = "cpu") -> Bundle:
         except RuntimeError as err:
             raise BundleError(f"model bundle {folder}: {name} weights do not match {SETTINGS}: {err}") from err
         module.to(device).eval()
-    return Bundle(encoder, decoder, model, preprocessing, style_means, settings)
+    bundle = Bundle(encoder, decoder, model, preprocessing, style_means, settings)
+    if (folder / COHORT).is_file():
+        try:
+            cohort = torch.load(folder / COHORT, map_location="cpu", weights_only=True)
+            bundle.cohort_subjects, bundle.cohort_content = list(cohort["subjects"]), cohort["content"].float()
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, TypeError) as err:
+            raise BundleError(f"model bundle {folder}: {COHORT} refused ({type(err).__name__}: {err})") from err
+        if bundle.cohort_content.shape != (len(bundle.cohort_subjects), model.content_dim):
+            raise BundleError(
+                f"model bundle {folder}: {COHORT} content embeddings do not match the model's content_dim"
+            )
+    return bundle

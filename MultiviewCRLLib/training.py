@@ -306,8 +306,13 @@ def write_bundle(
     device,
     extra: dict | None = None,
 ) -> Path:
-    """A bundle whose cohort style means come from the training subjects' encodings."""
+    """A bundle whose cohort style means and content embeddings come from the training subjects."""
     latents = encode_pairs(trained.encoder, cohort_pairs, preprocessing, cache_root, device)
     views = {"t1": "T1w", "t2": "T2w"}
-    style_means = {views[key]: z[:, model.content_dim :].mean(0) for key, z in latents.items()}
-    return save_bundle(folder, trained.encoder, trained.decoder, model, preprocessing, style_means, extra)
+    c = model.content_dim
+    style_means = {views[key]: z[:, c:].mean(0) for key, z in latents.items()}
+    content = (latents["t1"][:, :c] + latents["t2"][:, :c]) / 2
+    cohort = ([p.key for p in cohort_pairs], content)
+    return save_bundle(
+        folder, trained.encoder, trained.decoder, model, preprocessing, style_means, extra, cohort=cohort
+    )

@@ -1,0 +1,126 @@
+"""MRML nodes <-> arrays, and the whole pair analysis on nodes. The library's only Slicer import.
+
+Works with the full Slicer application and with the ``slicer-core`` wheel alike (only MRML and
+``slicer.util``'s array helpers are used), so it is tested against real MRML outside Slicer.
+Slicer arrays are indexed [k, j, i]; the library's are [i, j, k] with a RAS affine (IJKToRAS).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import slicer
+import slicer.util
+import vtk
+
+from .bundle import Bundle
+from .inference import OTHER, VIEWS, PairAnalysis, analyse_pair
+
+
+class NodeError(ValueError):
+    """A node that cannot be analysed; the message names the node and the problem."""
+
+
+def ijk_to_ras(node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def array_affine_from_node(node) -> tuple[np.ndarray, np.ndarray]:
+    """An [i, j, k] float32 array and the 4x4 IJKToRAS of a scalar volume node, checked for use."""
+    if node is None:
+        raise NodeError("no volume node given")
+    name = node.GetName()
+    if node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise NodeError(f"volume '{name}' is a label map, not an MR image")
+    if not node.IsA("vtkMRMLScalarVolumeNode"):
+        raise NodeError(f"node '{name}' is a {node.GetClassName()}, not a scalar volume")
+    if node.GetImageData() is None:
+        raise NodeError(f"volume '{name}' has no image data")
+    array = slicer.util.arrayFromVolume(node)  # [k, j, i]
+    if array.ndim != 3 or min(array.shape) < 2:
+        raise NodeError(f"volume '{name}' is not a 3D image (shape {tuple(array.shape[::-1])})")
+    if not np.isfinite(array).all():
+        raise NodeError(f"volume '{name}' has {int((~np.isfinite(array)).sum())} non-finite (NaN/Inf) voxels")
+    if not np.any(array):
+        raise NodeError(f"volume '{name}' is empty (all voxels are zero)")
+    return np.ascontiguousarray(array.transpose(2, 1, 0), dtype=np.float32), ijk_to_ras(node)
+
+
+def volume_node_from_array(array: np.ndarray, affine: np.ndarray, name: str, scene=None):
+    """A new scalar volume node holding an [i, j, k] array placed by its RAS affine."""
+    scene = scene or slicer.mrmlScene
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+    slicer.util.updateVolumeFromArray(
+        node, np.ascontiguousarray(np.asarray(array, dtype=np.float32).transpose(2, 1, 0))
+    )
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(np.asarray(affine, dtype=np.float64)))
+    return node
+
+
+def embedding_table(analysis: PairAnalysis, content_dim: int, name: str, scene=None):
+    """A table node: one row per latent dimension, its block, and each view's value."""
+    scene = scene or slicer.mrmlScene
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
+    views = [v for v in VIEWS if v in analysis.latents]
+    latent_dim = len(next(iter(analysis.latents.values())))
+    columns = {"dimension": np.arange(latent_dim, dtype=np.float64)}
+    columns["content"] = (np.arange(latent_dim) < content_dim).astype(np.float64)
+    columns.update({v: analysis.latents[v].numpy().astype(np.float64) for v in views})
+    slicer.util.updateTableFromArray(table, list(columns.values()), list(columns))
+    return table
+
+
+def content_plot(table, views: list[str], content_dim: int, name: str, scene=None):
+    """A plot chart of the content dimensions of each view, one line series per view."""
+    scene = scene or slicer.mrmlScene
+    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", scene.GenerateUniqueName(name))
+    chart.SetTitle(f"Content dimensions 0..{content_dim - 1}")
+    chart.SetXAxisTitle("content dimension")
+    chart.SetYAxisTitle("value")
+    chart.SetXAxisRangeAuto(False)  # the table also holds the style dims; show content only
+    chart.SetXAxisRange(-0.5, content_dim - 0.5)
+    for view in views:
+        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", scene.GenerateUniqueName(f"{name} {view}"))
+        series.SetAndObserveTableNodeID(table.GetID())
+        series.SetXColumnName("dimension")
+        series.SetYColumnName(view)
+        series.SetPlotType(series.PlotTypeScatter)
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    return chart
+
+
+def read_inputs(t1_node=None, t2_node=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{view: ([i, j, k] array, IJKToRAS)} of the given nodes, each checked. Main thread only."""
+    inputs = {view: node for view, node in zip(VIEWS, (t1_node, t2_node)) if node is not None}
+    if not inputs:
+        raise NodeError("select at least one of the T1w and T2w volumes")
+    return {view: array_affine_from_node(node) for view, node in inputs.items()}
+
+
+def add_result_nodes(analysis: PairAnalysis, input_names: dict[str, str], content_dim: int, scene=None) -> dict:
+    """Output volume nodes (on the model grid), the embedding table and the content plot.
+
+    ``input_names``: {view: name of its input node}. Returns {"volumes": {label: node}, "table", "chart"}.
+    """
+    scene = scene or slicer.mrmlScene
+    base = " + ".join(input_names[v] for v in VIEWS if v in input_names)
+    named = {f"{input_names[v]} reconstruction": volume for v, volume in analysis.reconstructions.items()}
+    for target, volume in analysis.cross_view.items():
+        named[f"{input_names[OTHER[target]]} → {target}"] = volume
+    named.update({f"{base} error {label}": volume for label, volume in analysis.errors.items()})
+    volumes = {label: volume_node_from_array(v.numpy(), v.affine.numpy(), label, scene) for label, v in named.items()}
+    table = embedding_table(analysis, content_dim, f"{base} embeddings", scene)
+    chart = content_plot(table, list(analysis.latents), content_dim, f"{base} content", scene)
+    return {"volumes": volumes, "table": table, "chart": chart}
+
+
+def analyse_nodes(bundle: Bundle, t1_node=None, t2_node=None, device="cpu", scene=None) -> dict:
+    """Analyse a pair of volume nodes (either may be None) and add the results to the scene.
+
+    Returns {"analysis": PairAnalysis, "volumes": {label: node}, "table": node, "chart": node}.
+    """
+    arrays = read_inputs(t1_node, t2_node)
+    names = {view: node.GetName() for view, node in zip(VIEWS, (t1_node, t2_node)) if node is not None}
+    analysis = analyse_pair(bundle, arrays.get("T1w"), arrays.get("T2w"), device)
+    return {"analysis": analysis, **add_result_nodes(analysis, names, bundle.content_dim, scene)}

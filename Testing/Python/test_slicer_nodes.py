@@ -1,0 +1,136 @@
+"""The Slicer-side analysis against real MRML (slicer-core): nodes read from NIfTI by Slicer's own
+storage node, outputs on the model grid that overlay the inputs, and clear errors for bad nodes."""
+
+import numpy as np
+import pytest
+import slicer
+import slicer.util
+import torch
+from conftest import volume_path
+
+from MultiviewCRLLib.bundle import load_bundle, save_bundle
+from MultiviewCRLLib.config import PRESETS, PreprocessingConfig
+from MultiviewCRLLib.networks import Decoder, Encoder
+from MultiviewCRLLib.preprocessing import preprocess_file
+from MultiviewCRLLib.slicer_nodes import NodeError, analyse_nodes, array_affine_from_node, ijk_to_ras
+
+
+@pytest.fixture
+def scene():
+    slicer.mrmlScene = slicer.vtkMRMLScene()
+    return slicer.mrmlScene
+
+
+def read_volume(scene, path):
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", path.name.split(".")[0])
+    assert storage.ReadData(node)
+    return node
+
+
+@pytest.fixture(scope="module")
+def report_grid_bundle(tmp_path_factory):
+    """The tiny networks on the report's preprocessing grid (2 mm, 91x109x91): geometry checks need
+    the real grid, not a trained model."""
+    model, preprocessing = PRESETS["tiny"].model, PreprocessingConfig()
+    torch.manual_seed(0)
+    encoder, decoder = Encoder(model).eval(), Decoder(model, preprocessing.spatial_size).eval()
+    means = {view: torch.zeros(model.style_dim) for view in ("T1w", "T2w")}
+    cohort = (["sub-a", "sub-b", "sub-c"], torch.randn(3, model.content_dim))
+    folder = save_bundle(
+        tmp_path_factory.mktemp("bundle"), encoder, decoder, model, preprocessing, means, cohort=cohort
+    )
+    return load_bundle(folder)
+
+
+def centroid_ras(array_ijk, affine, threshold):
+    ijk = np.argwhere(array_ijk > threshold).mean(0)
+    return affine[:3, :3] @ ijk + affine[:3, 3]
+
+
+def test_node_path_equals_file_path(scene, cohort_1mm):
+    path = volume_path(cohort_1mm, "sub-0001", "T2w")
+    array, affine = array_affine_from_node(read_volume(scene, path))
+    from MultiviewCRLLib.preprocessing import preprocess_array
+
+    from_node, _ = preprocess_array(array, affine)
+    from_file, _ = preprocess_file(path)
+    assert float((from_node - from_file).abs().max()) <= 1e-5
+    assert torch.allclose(from_node.affine, from_file.affine)
+
+
+def test_outputs_overlay_the_inputs(scene, cohort_1mm, report_grid_bundle):
+    t1 = read_volume(scene, volume_path(cohort_1mm, "sub-0001", "T1w"))
+    t2 = read_volume(scene, volume_path(cohort_1mm, "sub-0001", "T2w"))
+    result = analyse_nodes(report_grid_bundle, t1, t2, scene=scene)
+    expected = {
+        "sub-0001_T1w reconstruction",
+        "sub-0001_T2w reconstruction",
+        "sub-0001_T2w → T1w",
+        "sub-0001_T1w → T2w",
+        "sub-0001_T1w + sub-0001_T2w error T1w reconstruction",
+        "sub-0001_T1w + sub-0001_T2w error T2w reconstruction",
+        "sub-0001_T1w + sub-0001_T2w error T2w→T1w",
+        "sub-0001_T1w + sub-0001_T2w error T1w→T2w",
+    }
+    assert set(result["volumes"]) == expected
+    model_grid = result["analysis"].inputs["T1w"].affine.numpy()
+    input_array, input_affine = array_affine_from_node(t1)
+    input_centroid = centroid_ras(input_array, input_affine, 50)
+    for label, node in result["volumes"].items():
+        assert scene.GetNodeByID(node.GetID()) is node and node.GetName() == label
+        array = slicer.util.arrayFromVolume(node)
+        assert array.shape == (91, 109, 91) and np.isfinite(array).all()
+        assert np.allclose(ijk_to_ras(node), model_grid)
+        if "error" in label:  # error maps are zero outside the brain mask
+            ijk_array = array.transpose(2, 1, 0)
+            assert np.linalg.norm(centroid_ras(ijk_array, ijk_to_ras(node), 0) - input_centroid) < 2.0
+    analysis = result["analysis"]
+    assert -1.0 <= analysis.content_cosine <= 1.0 and analysis.style_distance >= 0
+    assert [name for name, _ in analysis.nearest_cohort] and len(analysis.nearest_cohort) == 3
+    table = result["table"]
+    assert table.GetNumberOfRows() == PRESETS["tiny"].model.latent_dim
+    assert slicer.util.arrayFromTableColumn(table, "T1w").shape == (PRESETS["tiny"].model.latent_dim,)
+    assert result["chart"].GetNumberOfPlotSeriesNodes() == 2
+
+
+def test_missing_view_uses_the_cohort_mean_style(scene, cohort_1mm, report_grid_bundle):
+    t1 = read_volume(scene, volume_path(cohort_1mm, "sub-0002", "T1w"))
+    result = analyse_nodes(report_grid_bundle, t1, None, scene=scene)
+    assert set(result["volumes"]) == {
+        "sub-0002_T1w reconstruction",
+        "sub-0002_T1w → T2w",
+        "sub-0002_T1w error T1w reconstruction",
+    }
+    assert result["analysis"].content_cosine is None
+    with pytest.raises(NodeError, match="at least one"):
+        analyse_nodes(report_grid_bundle, None, None, scene=scene)
+
+
+def test_bad_nodes_get_clear_errors(scene, cohort_1mm):
+    good = read_volume(scene, volume_path(cohort_1mm, "sub-0001", "T1w"))
+    data = slicer.util.arrayFromVolume(good).astype(np.float32)
+    label = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    slicer.util.updateVolumeFromArray(label, (data > 100).astype(np.int16))
+    with pytest.raises(NodeError, match="'labels' is a label map"):
+        array_affine_from_node(label)
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "no data")
+    with pytest.raises(NodeError, match="'no data' has no image data"):
+        array_affine_from_node(empty)
+    flat = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "flat")
+    slicer.util.updateVolumeFromArray(flat, data[80:81])
+    with pytest.raises(NodeError, match="'flat' is not a 3D image"):
+        array_affine_from_node(flat)
+    nan = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "with NaN")
+    broken = data.copy()
+    broken[50, 50, 50:60] = np.nan
+    slicer.util.updateVolumeFromArray(nan, broken)
+    with pytest.raises(NodeError, match="'with NaN' has 10 non-finite"):
+        array_affine_from_node(nan)
+    zeros = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "zeros")
+    slicer.util.updateVolumeFromArray(zeros, np.zeros_like(data))
+    with pytest.raises(NodeError, match="'zeros' is empty"):
+        array_affine_from_node(zeros)
+    with pytest.raises(NodeError, match="no volume node"):
+        array_affine_from_node(None)
