@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     from MultiviewCRLLib.bundle import BundleError
     from MultiviewCRLLib.discovery import DiscoveryError
     from MultiviewCRLLib.runs import RunError, evaluate_run, train_run
-    from MultiviewCRLLib.training import select_device
+    from MultiviewCRLLib.training import TrainingStopped, select_device
 
     try:
         if argv[:1] == ["evaluate"]:
@@ -174,8 +174,14 @@ def main(argv: list[str] | None = None) -> int:
             parser = build_parser()
             args = parser.parse_args(argv)
             train_run(request_from_args(args, parser), resume=args.resume)
+    except TrainingStopped as stop:
+        print(f"\n{stop}", file=sys.stderr)
+        return stop.exit_code
     except (RunError, DiscoveryError, BundleError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: could not read or write {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return 2
     return 0
 

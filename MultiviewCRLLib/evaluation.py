@@ -336,8 +336,7 @@ def evaluate(bundle: Bundle, val_pairs: list[Pair], test_pairs: list[Pair], cach
     image_metrics, decoded = image_quality(bundle, test, images, device)
     metrics["trained"].update(image_metrics)
     torch.manual_seed(seed)
-    untrained = Encoder(bundle.model).to(device)
-    untrained(torch.randn(2, 1, *prep.spatial_size, device=device))  # BatchNorm statistics of a forward pass
+    untrained = Encoder(bundle.model).to(device)  # evaluated in eval mode, as initialised
     metrics["untrained_baseline"] = representation_metrics(
         encode(untrained, val_pairs, prep, cache_root, device),
         encode(untrained, test_pairs, prep, cache_root, device),

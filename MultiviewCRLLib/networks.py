@@ -30,6 +30,37 @@ class EncoderStage(nn.Sequential):
         )
 
 
+def world_size() -> int:
+    return (
+        torch.distributed.get_world_size()
+        if torch.distributed.is_available() and torch.distributed.is_initialized()
+        else 1
+    )
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """(N, ...) per rank -> (N * world, ...) in rank order, keeping gradients to every rank's rows."""
+    if world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x))
+
+
+class CrossRankBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics span the batches of all ranks (B, C) -> (B, C).
+
+    SyncBatchNorm needs a GPU; here the (small) pooled features of every rank are gathered, so a
+    distributed run normalises exactly like one process on the union batch.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or world_size() == 1:
+            return super().forward(x)
+        rank = torch.distributed.get_rank()
+        return super().forward(gather_rows(x))[rank * len(x) : (rank + 1) * len(x)]
+
+
 class Encoder(nn.Module):
     """(B, 1, X, Y, Z) -> (B, latent_dim). Ends in a linear layer, so the latent can be negative.
 
@@ -49,7 +80,7 @@ class Encoder(nn.Module):
             )
         )
         self.pool = nn.AdaptiveAvgPool3d(1)
-        self.center = nn.BatchNorm1d(channels[-1])
+        self.center = CrossRankBatchNorm1d(channels[-1])
         self.head = nn.Linear(channels[-1], config.latent_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from . import distributed
 from .config import PRESETS, CohortConfig
 from .data import assign_splits, read_splits, write_splits
 from .discovery import DiscoveryReport, discover
@@ -64,8 +67,20 @@ def new_run_dir(results: Path, dataset: str, model_id: str | None, preset: str) 
     run_dir = parent / model_id
     if run_dir.exists():
         raise RunError(f"{run_dir} already exists; choose another --model-id, or continue it with --resume {run_dir}")
-    run_dir.mkdir(parents=True)
+    try:
+        run_dir.mkdir(parents=True)
+        probe_writable(run_dir)
+    except OSError as err:
+        raise RunError(f"cannot write the run folder {run_dir}: {err.strerror or err}") from err
     return run_dir
+
+
+def probe_writable(folder: Path) -> None:
+    """Write and remove a small file: permission bits say nothing for root or a full disk."""
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-") as f:
+        f.write(b"\0" * 4096)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def discover_data(request: RunRequest) -> tuple[DiscoveryReport, str, dict]:
@@ -95,7 +110,11 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
         settings = json.loads(settings_path.read_text())
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:
-            raise RunError(f"--resume {run_dir}: no checkpoint to resume from")
+            raise RunError(f"--resume {run_dir}: no usable checkpoint to resume from")
+        try:
+            probe_writable(run_dir)
+        except OSError as err:
+            raise RunError(f"--resume {run_dir}: cannot write there ({err.strerror or err})") from err
         data = settings["data"]
         request = replace(
             request,
@@ -109,16 +128,26 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
         )
     preset = PRESETS[request.preset]
     train_config = replace(preset.train, **request.train_overrides) if request.train_overrides else preset.train
+    distributed.init_from_env()
+    if not distributed.is_main():
+        distributed.barrier()  # rank 0 builds the synthetic cohort (once) before anyone reads it
     report, dataset, described = discover_data(request)
-    print(report.summary())
+    if distributed.is_main():
+        distributed.barrier()
+        print(report.summary())
     report.require_usable(request.strict)
     if resume is None:
-        run_dir = new_run_dir(request.results, dataset, request.model_id, request.preset)
-        splits = assign_splits(report.kept, request.seed, stratify=request.stratify)
-        write_splits(splits, run_dir / "splits.tsv")
         checkpoint = None
+        run_dir = splits = None
+        if distributed.is_main():
+            run_dir = new_run_dir(request.results, dataset, request.model_id, request.preset)
+            splits = assign_splits(report.kept, request.seed, stratify=request.stratify)
+            write_splits(splits, run_dir / "splits.tsv")
+        run_dir, splits = distributed.broadcast((run_dir, splits))
     else:
         splits = read_splits(run_dir / "splits.tsv")
+    if not distributed.is_main():
+        return train_worker(request, preset, train_config, run_dir, report, splits, checkpoint)
     report.write_tsv(run_dir / "discovery.tsv")
     settings = {
         "preset": request.preset,
@@ -131,22 +160,10 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
         "data": described,
     }
     atomic_write_json(run_dir / "settings.json", settings)
-    by_split = {name: [p for p in report.kept if splits.get(p.subject) == name] for name in ("train", "val", "test")}
+    by_split = split_pairs(report, splits)
     print("subjects per split: " + ", ".join(f"{k} {len(v)}" for k, v in by_split.items()))
-    image_pair = (by_split["val"] or by_split["train"])[0]
-    cache_root = request.cache_root or Path(request.data_root) / "cache"
-    trainer = Trainer(
-        run_dir,
-        preset.model,
-        preset.preprocessing,
-        train_config,
-        by_split["train"],
-        image_pair,
-        seed=request.seed,
-        device=request.device,
-        num_workers=request.num_workers,
-        cache_root=cache_root,
-    )
+    cache_root = cache_root_of(request)
+    trainer = make_trainer(request, preset, train_config, run_dir, by_split)
     trained = trainer.run(resume_from=checkpoint)
     bundle = write_bundle(
         run_dir / "bundle",
@@ -165,6 +182,38 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
     print(f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
     print(f"  model bundle: {bundle}")
     print(f"  evaluation: {run_dir / 'metrics.json'} and {run_dir / 'report.png'} (copied into the bundle)")
+    distributed.barrier()
+    return run_dir
+
+
+def split_pairs(report: DiscoveryReport, splits: dict[str, str]) -> dict[str, list]:
+    return {name: [p for p in report.kept if splits.get(p.subject) == name] for name in ("train", "val", "test")}
+
+
+def cache_root_of(request: RunRequest) -> Path:
+    return request.cache_root or Path(request.data_root) / "cache"
+
+
+def make_trainer(request: RunRequest, preset, train_config, run_dir: Path, by_split: dict) -> Trainer:
+    return Trainer(
+        run_dir,
+        preset.model,
+        preset.preprocessing,
+        train_config,
+        by_split["train"],
+        (by_split["val"] or by_split["train"])[0],
+        seed=request.seed,
+        device=distributed.local_device(request.device),
+        num_workers=request.num_workers,
+        cache_root=cache_root_of(request),
+    )
+
+
+def train_worker(request, preset, train_config, run_dir, report, splits, checkpoint) -> Path:
+    """A rank other than 0: trains its share of each batch and writes nothing."""
+    trainer = make_trainer(request, preset, train_config, run_dir, split_pairs(report, splits))
+    trainer.run(resume_from=checkpoint)
+    distributed.barrier()  # wait for rank 0's bundle and evaluation
     return run_dir
 
 
@@ -176,9 +225,7 @@ def run_pairs(run_dir: Path) -> tuple[dict, dict[str, list]]:
     settings = json.loads((run_dir / "settings.json").read_text())
     data = settings["data"]
     report = discover(Path(data["source"]), tuple(data["views"]), data["t1_pattern"], data["t2_pattern"])
-    splits = read_splits(run_dir / "splits.tsv")
-    by_split = {name: [p for p in report.kept if splits.get(p.subject) == name] for name in ("train", "val", "test")}
-    return settings, by_split
+    return settings, split_pairs(report, read_splits(run_dir / "splits.tsv"))
 
 
 def evaluate_run(run_dir: Path, cache_root: Path | None = None, device="cpu") -> dict:

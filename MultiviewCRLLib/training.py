@@ -9,9 +9,13 @@ Everything a run writes lives under its run folder::
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import re
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,28 +33,41 @@ from .config import ModelConfig, PreprocessingConfig, TrainConfig
 from .data import VIEW_KEYS, paired_dataset, plain_collate
 from .discovery import Pair
 from .losses import BaurLoss, ContentInfoNCE, retrieval_top1
-from .networks import Decoder, Encoder
+from .networks import Decoder, Encoder, gather_rows, world_size
 from .preprocessing import file_transforms, to_nifti
 from .storage import atomic_torch_save, atomic_write_bytes
 
 CSV_COLUMNS = ("step", "total", "contrastive", "reconstruction", "top1_retrieval", "lr", "seconds")
+METRIC_KEYS = ("total", "contrastive", "reconstruction", "top1_retrieval")
 CHECKPOINT_PATTERN = re.compile(r"step_(\d+)\.pt$")
+MAX_NONFINITE_STEPS = 5
+
+
+class TrainingStopped(RuntimeError):
+    """Training ended early: a signal (after a checkpoint was written) or a persistently non-finite loss."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class StepBatches(Sampler):
-    """Batch indices as a pure function of the step: a seeded permutation per epoch, so a resumed
-    run sees exactly the batches an uninterrupted run would. Incomplete batches are dropped."""
+    """Batch indices as a pure function of the step: a seeded permutation of the subjects per
+    epoch, so a resumed run sees exactly the batches an uninterrupted run would. With several
+    ranks, each step's union batch of ``batch_size * world`` subjects is cut into one slice per
+    rank, so the union equals a one-process run's batch. Incomplete batches are dropped."""
 
-    def __init__(self, n_items: int, batch_size: int, seed: int, start_step: int, stop_step: int):
-        if n_items < batch_size:
-            raise ValueError(f"{n_items} training subjects cannot fill a batch of {batch_size}")
+    def __init__(self, n_items: int, batch_size: int, seed: int, start_step: int, stop_step: int, rank=0, world=1):
+        if n_items < batch_size * world:
+            raise ValueError(f"{n_items} training subjects cannot fill a batch of {batch_size} x {world} ranks")
         self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
-        self.start_step, self.stop_step = start_step, stop_step
+        self.start_step, self.stop_step, self.rank, self.world = start_step, stop_step, rank, world
 
     def batch(self, step: int) -> list[int]:
-        per_epoch = self.n_items // self.batch_size
+        union = self.batch_size * self.world
+        per_epoch = self.n_items // union
         order = np.random.default_rng([self.seed, step // per_epoch]).permutation(self.n_items)
-        offset = (step % per_epoch) * self.batch_size
+        offset = (step % per_epoch) * union + self.rank * self.batch_size
         return order[offset : offset + self.batch_size].tolist()
 
     def __iter__(self):
@@ -75,13 +92,26 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def checksum_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".sha256")
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = [
-        (int(m.group(1)), p)
-        for p in (Path(run_dir) / "checkpoints").glob("step_*.pt")
-        if (m := CHECKPOINT_PATTERN.search(p.name))
-    ]
-    return max(found)[1] if found else None
+    """The newest checkpoint whose SHA-256 matches its sidecar; corrupt ones are reported and skipped."""
+    found = sorted(
+        (
+            (int(m.group(1)), p)
+            for p in (Path(run_dir) / "checkpoints").glob("step_*.pt")
+            if (m := CHECKPOINT_PATTERN.search(p.name))
+        ),
+        reverse=True,
+    )
+    for _, path in found:
+        sidecar = checksum_path(path)
+        if sidecar.is_file() and sidecar.read_text().strip() == hashlib.sha256(path.read_bytes()).hexdigest():
+            return path
+        print(f"warning: checkpoint {path} is corrupt or unverified (checksum mismatch); trying the previous one")
+    return None
 
 
 def read_training_csv(path: Path) -> list[dict[str, float]]:
@@ -147,87 +177,154 @@ class Trainer:
         if train.amp and not self.amp:
             print(f"notice: AMP needs CUDA; training in float32 on {self.device}")
         self.amp_dtype = torch.bfloat16 if train.amp_dtype == "bfloat16" else torch.float16
-        torch.manual_seed(seed)
+        self.world = world_size()
+        self.rank = torch.distributed.get_rank() if self.world > 1 else 0
+        self.is_writer = self.rank == 0  # only rank 0 writes logs, images, checkpoints and bundles
+        torch.manual_seed(seed)  # every rank starts from the same weights
         self.encoder = Encoder(model).to(self.device)
         self.decoder = Decoder(model, preprocessing.spatial_size).to(self.device)
         self.parameters = list(self.encoder.parameters()) + list(self.decoder.parameters())
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.encoder = DistributedDataParallel(self.encoder, device_ids=ids)
+            self.decoder = DistributedDataParallel(self.decoder, device_ids=ids)
         self.optimizer = torch.optim.Adam(self.parameters, lr=train.lr)
         # A GradScaler is only needed for float16; disabled it is a pass-through.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.amp_dtype == torch.float16)
         self.contrastive = ContentInfoNCE(model.content_dim, train.tau)
         self.reconstruction = BaurLoss()
         self.step = 0
-        for sub in ("checkpoints", "images"):
-            (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        self.window: list[dict[str, float]] = []
+        self.nonfinite_steps = 0
+        self.stop_signal: int | None = None
+        if self.is_writer:
+            for sub in ("checkpoints", "images"):
+                (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+
+    def modules(self) -> tuple[Encoder, Decoder]:
+        """The plain encoder and decoder, without their DistributedDataParallel wrappers."""
+        return tuple(getattr(m, "module", m) for m in (self.encoder, self.decoder))
+
+    def all_ranks_max(self, value: float) -> float:
+        """The largest value over the ranks (the value itself in a one-process run)."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([float(value)], device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return t.item()
+
+    def all_ranks_mean(self, value: torch.Tensor) -> float:
+        if self.world == 1:
+            return value.item()
+        t = value.detach().reshape(1).clone()
+        torch.distributed.all_reduce(t)
+        return t.item() / self.world
 
     # --- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         state = {
             "step": self.step,
-            "encoder": self.encoder.state_dict(),
-            "decoder": self.decoder.state_dict(),
+            "encoder": self.modules()[0].state_dict(),
+            "decoder": self.modules()[1].state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state()},
+            # Steps since the last Training.csv row, so a resumed run averages the same steps.
+            "window": torch.tensor([[m[k] for k in METRIC_KEYS] for m in self.window], dtype=torch.float64),
         }
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
         path = atomic_torch_save(self.run_dir / "checkpoints" / f"step_{self.step:06d}.pt", state)
+        atomic_write_bytes(checksum_path(path), hashlib.sha256(path.read_bytes()).hexdigest().encode())
         kept = sorted(self.run_dir.glob("checkpoints/step_*.pt"))
         for old in kept[: -self.config.keep_checkpoints]:
             old.unlink()
+            checksum_path(old).unlink(missing_ok=True)
         return path
 
     def load_checkpoint(self, path: Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=True)
-        self.encoder.load_state_dict(state["encoder"])
-        self.decoder.load_state_dict(state["decoder"])
+        encoder, decoder = self.modules()
+        encoder.load_state_dict(state["encoder"])
+        decoder.load_state_dict(state["decoder"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.step = int(state["step"])
+        self.window = [dict(zip(METRIC_KEYS, row.tolist())) for row in state["window"]]
 
     # --- logging -------------------------------------------------------------------------------
     def write_images(self, images: dict) -> None:
         """The fixed subject's inputs and their decodings, on the model grid (they overlay in RAS)."""
-        self.encoder.eval()
-        self.decoder.eval()
+        encoder, decoder = self.modules()
+        encoder.eval()
+        decoder.eval()
         with torch.no_grad():
             for key in VIEW_KEYS:
                 x = convert_to_tensor(images[key], track_meta=False)[None].to(self.device)
-                decoded = self.decoder(self.encoder(x))[0].float().cpu()
+                decoded = decoder(encoder(x))[0].float().cpu()
                 folder = self.run_dir / "images"
                 if not (folder / f"{key}_input.nii.gz").exists():
                     nib.save(to_nifti(images[key]), folder / f"{key}_input.nii.gz")
                 decoded_image = images[key].clone().copy_(decoded)  # keeps the input's affine
                 nib.save(to_nifti(decoded_image), folder / f"step_{self.step:06d}_{key}_decoded.nii.gz")
-        self.encoder.train()
-        self.decoder.train()
+        encoder.train()
+        decoder.train()
 
     # --- the loop ------------------------------------------------------------------------------
     def train_step(self, batch: dict) -> dict[str, float]:
         x = torch.cat([batch["t1"], batch["t2"]]).to(self.device)  # (2B, 1, X, Y, Z)
+        # A step with a non-finite loss is skipped whole, BatchNorm running statistics included.
+        buffers = {name: b.clone() for name, b in self.modules()[0].named_buffers()}
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             z = self.encoder(x)
-            z1, z2 = z.chunk(2)
+            # Negatives from every rank: the contrastive loss sees the union batch.
+            z1, z2 = (gather_rows(half) for half in z.chunk(2))
             contrastive = self.contrastive(z1, z2)
             decoded = self.decoder(z)
-        reconstruction = self.reconstruction(decoded, x)
+        reconstruction = self.reconstruction(decoded, x)  # this rank's mean; DDP averages the gradients
         total = contrastive + self.config.scale_recon_loss * reconstruction
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.parameters, self.config.clip_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        finite = not self.all_ranks_max(float(not torch.isfinite(total)))
+        if finite or self.scaler.is_enabled():
+            # Under fp16 the GradScaler skips a step whose gradients overflow and lowers its scale.
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.config.clip_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.nonfinite_steps = 0 if finite else self.nonfinite_steps + 1
+        if not finite:
+            for name, value in self.modules()[0].named_buffers():
+                value.copy_(buffers[name])
+        union_reconstruction = self.all_ranks_mean(reconstruction)
         return {
-            "total": total.item(),
+            "total": contrastive.item() + self.config.scale_recon_loss * union_reconstruction,
             "contrastive": contrastive.item(),
-            "reconstruction": reconstruction.item(),
+            "reconstruction": union_reconstruction,
             "top1_retrieval": retrieval_top1(z1, z2, self.model_config.content_dim),
         }
+
+    @contextlib.contextmanager
+    def checkpoint_on_signals(self):
+        """SIGTERM and SIGINT finish the current step, write a checkpoint and stop the run."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame):
+            self.stop_signal = signum
+
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def run(self, resume_from: Path | None = None) -> TrainedModel:
         cfg = self.config
@@ -236,43 +333,77 @@ class Trainer:
             print(f"resumed from {resume_from} at step {self.step}")
         csv_path = self.run_dir / "Training.csv"
         rows = [r for r in read_training_csv(csv_path) if r["step"] <= self.step]
-        from torch.utils.tensorboard import SummaryWriter
+        writer = None
+        if self.is_writer:
+            from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.step + 1 if self.step else None)
+            writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.step + 1 if self.step else None)
         dataset = paired_dataset(self.train_pairs, self.preprocessing, self.cache_root, cfg.augment, self.seed)
-        sampler = StepBatches(len(dataset), cfg.batch_size, self.seed, self.step, cfg.steps)
+        sampler = StepBatches(len(dataset), cfg.batch_size, self.seed, self.step, cfg.steps, self.rank, self.world)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=plain_collate)
         images = file_transforms(VIEW_KEYS, self.preprocessing)(self.image_pair.as_item())
         start = time.perf_counter()
-        window: list[dict[str, float]] = []
-        bar = tqdm(loader, total=cfg.steps, initial=self.step, desc="training", dynamic_ncols=True)
-        for batch in bar:
-            metrics = self.train_step(batch)
-            self.step += 1
-            window.append(metrics)
-            bar.set_postfix(
-                total=f"{metrics['total']:.3f}",
-                nce=f"{metrics['contrastive']:.3f}",
-                recon=f"{metrics['reconstruction']:.0f}",
-                top1=f"{metrics['top1_retrieval']:.2f}",
-            )
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                row = {"step": self.step, **{k: float(np.mean([m[k] for m in window])) for k in window[0]}}
-                row.update(lr=self.optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - start)
-                rows.append(row)
-                window = []
-                write_training_csv(csv_path, rows)
-                for key in ("total", "contrastive", "reconstruction", "top1_retrieval"):
-                    writer.add_scalar(f"train/{key}", row[key], self.step)
-            if self.step % cfg.image_every == 0 or self.step == cfg.steps:
-                self.write_images(images)
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                self.save_checkpoint()
-        bar.close()
-        writer.close()
-        if rows:
-            plot_curves(rows, self.run_dir / "training_curves.png", cfg.batch_size)
-        return TrainedModel(self.encoder, self.decoder, self.step)
+        bar = tqdm(
+            loader, total=cfg.steps, initial=self.step, desc="training", dynamic_ncols=True, disable=not self.is_writer
+        )
+        try:
+            self._loop(bar, rows, csv_path, writer, images, start)
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        if rows and self.is_writer:
+            plot_curves(rows, self.run_dir / "training_curves.png", cfg.batch_size * self.world)
+        return TrainedModel(*self.modules(), self.step)
+
+    def _loop(self, bar, rows: list, csv_path: Path, writer, images: dict, start: float) -> None:
+        cfg = self.config
+        with self.checkpoint_on_signals():
+            for batch in bar:
+                metrics = self.train_step(batch)
+                self.step += 1
+                self.window.append(metrics)
+                bar.set_postfix(
+                    total=f"{metrics['total']:.3f}",
+                    nce=f"{metrics['contrastive']:.3f}",
+                    recon=f"{metrics['reconstruction']:.0f}",
+                    top1=f"{metrics['top1_retrieval']:.2f}",
+                )
+                if self.nonfinite_steps >= MAX_NONFINITE_STEPS:
+                    kept = latest_checkpoint(self.run_dir)
+                    raise TrainingStopped(
+                        f"the loss was not finite for {self.nonfinite_steps} consecutive steps (the last at step "
+                        f"{self.step}); stopped without saving, the last good checkpoint is {kept}",
+                        exit_code=3,
+                    )
+                stop = int(self.all_ranks_max(self.stop_signal or 0))  # every rank stops at the same step
+                self.stop_signal = self.stop_signal or stop or None
+                if not self.is_writer:
+                    if self.stop_signal:
+                        raise TrainingStopped(
+                            f"rank {self.rank} stopped with rank 0 at step {self.step}", 128 + self.stop_signal
+                        )
+                    continue
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    row = {"step": self.step, **{k: float(np.mean([m[k] for m in self.window])) for k in METRIC_KEYS}}
+                    row.update(lr=self.optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - start)
+                    rows.append(row)
+                    self.window = []
+                    write_training_csv(csv_path, rows)
+                    for key in METRIC_KEYS:
+                        writer.add_scalar(f"train/{key}", row[key], self.step)
+                if self.step % cfg.image_every == 0 or self.step == cfg.steps:
+                    self.write_images(images)
+                scheduled = self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or self.stop_signal
+                if scheduled and not self.nonfinite_steps:  # a checkpoint is always a good one
+                    self.save_checkpoint()
+                if self.stop_signal:
+                    name = signal.Signals(self.stop_signal).name
+                    raise TrainingStopped(
+                        f"stopped by {name} at step {self.step}; latest checkpoint {latest_checkpoint(self.run_dir)}. "
+                        f"Continue with: python trainer_cli.py --resume {self.run_dir}",
+                        exit_code=128 + self.stop_signal,
+                    )
 
 
 @torch.no_grad()

@@ -6,6 +6,10 @@ import json
 import os
 import pickle
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -19,9 +23,11 @@ from MultiviewCRLLib.data import VIEW_KEYS, read_splits
 from MultiviewCRLLib.discovery import discover_bids
 from MultiviewCRLLib.networks import Encoder
 from MultiviewCRLLib.preprocessing import file_transforms
-from MultiviewCRLLib.runs import RunError, train_run
+from MultiviewCRLLib.runs import RunError, RunRequest, train_run
+from MultiviewCRLLib.training import TrainingStopped, latest_checkpoint
 
 STEPS = 30
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +61,7 @@ def test_outputs_appear_on_schedule(tiny_run):
         for step in snapshots:
             decoded = nib.load(run_dir / "images" / f"step_{step:06d}_{key}_decoded.nii.gz")
             assert decoded.shape == PRESETS["tiny"].preprocessing.spatial_size
-    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
     assert checkpoints == [f"step_{s:06d}.pt" for s in range(train.checkpoint_every, STEPS + 1, train.checkpoint_every)]
     state = torch.load(run_dir / "checkpoints" / f"step_{STEPS:06d}.pt", weights_only=True)
     assert state["step"] == STEPS and {"encoder", "decoder", "optimizer", "scaler", "rng"} <= set(state)
@@ -151,16 +157,81 @@ def test_existing_run_is_never_overwritten(tiny_run):
     assert (run_dir / "Training.csv").read_bytes() == before
 
 
-def test_resume_continues_from_the_latest_checkpoint(tiny_run, tmp_path):
+def assert_same_training_log(rows, reference):
+    """Every logged figure equal to 1e-6 (wall-clock seconds excepted)."""
+    assert [r["step"] for r in rows] == [r["step"] for r in reference]
+    for row, ref in zip(rows, reference):
+        for key in ("total", "contrastive", "reconstruction", "top1_retrieval", "lr"):
+            assert row[key] == pytest.approx(ref[key], abs=1e-6), (row["step"], key)
+
+
+def test_resume_is_exact(tiny_run, tmp_path):
     run_dir, _ = tiny_run
     copy = shutil.copytree(run_dir, tmp_path / "copy")
-    (copy / "checkpoints" / f"step_{STEPS:06d}.pt").unlink()  # as if stopped after step 20
-    rows_before = read_csv(copy / "Training.csv")
-    code = trainer_cli.main(["--resume", str(copy)])
-    assert code == 0
-    rows = read_csv(copy / "Training.csv")
-    assert [r["step"] for r in rows] == [r["step"] for r in rows_before]
-    assert (copy / "checkpoints" / f"step_{STEPS:06d}.pt").is_file()
+    last = copy / "checkpoints" / f"step_{STEPS:06d}.pt"
+    last.unlink()  # as if killed between the checkpoints at steps 20 and 30
+    reference = read_csv(run_dir / "Training.csv")
+    assert trainer_cli.main(["--resume", str(copy)]) == 0
+    assert_same_training_log(read_csv(copy / "Training.csv"), reference)
+    assert last.is_file()
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(tiny_run, tmp_path, capsys):
+    run_dir, _ = tiny_run
+    copy = shutil.copytree(run_dir, tmp_path / "copy")
+    last = copy / "checkpoints" / f"step_{STEPS:06d}.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a crash of the disk
+    assert latest_checkpoint(copy).name == "step_000020.pt"
+    assert f"checkpoint {last} is corrupt" in capsys.readouterr().out
+    assert trainer_cli.main(["--resume", str(copy)]) == 0
+    assert_same_training_log(read_csv(copy / "Training.csv"), read_csv(run_dir / "Training.csv"))
+
+
+def test_sigterm_writes_a_checkpoint_and_resume_matches(tiny_run, tmp_path):
+    run_dir, request = tiny_run
+    results = tmp_path / "results"
+    command = [sys.executable, str(ROOT / "trainer_cli.py"), "--preset", "tiny", "--results", str(results)]
+    command += ["--data-root", str(request.data_root), "--model-id", "stopped", "--checkpoint-every", "1000"]
+    process = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    csv_path = results / "synthetic" / "stopped" / "Training.csv"
+    deadline = time.time() + 120
+    while not csv_path.is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "stopped by SIGTERM at step" in stderr and "--resume" in stderr
+    stopped = results / "synthetic" / "stopped"
+    checkpoint = latest_checkpoint(stopped)
+    assert checkpoint is not None and 5 <= int(checkpoint.stem.split("_")[1]) < STEPS
+    assert trainer_cli.main(["--resume", str(stopped), "--data-root", str(request.data_root)]) == 0
+    assert_same_training_log(read_csv(csv_path), read_csv(run_dir / "Training.csv"))
+
+
+def test_persistent_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_run, tmp_path):
+    _, request = tiny_run
+    exploding = RunRequest(
+        preset="tiny",
+        model_id="nan",
+        results=tmp_path / "results",
+        data_root=request.data_root,
+        train_overrides={"lr": 1e30, "checkpoint_every": 1},
+    )
+    with pytest.raises(TrainingStopped, match=r"not finite for 5 consecutive steps \(the last at step \d+\)") as stop:
+        train_run(exploding)
+    assert stop.value.exit_code == 3
+    kept = latest_checkpoint(tmp_path / "results" / "synthetic" / "nan")
+    state = torch.load(kept, weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["encoder"].values() if v.is_floating_point())
+
+
+def test_unwritable_results_folder_is_refused_before_training(tiny_run, tmp_path, capsys):
+    _, request = tiny_run
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    code = trainer_cli.main(["--preset", "tiny", "--results", str(blocker), "--data-root", str(request.data_root)])
+    assert code == 2
+    assert "cannot write the run folder" in capsys.readouterr().err
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
