@@ -15,6 +15,7 @@ from torch.utils.data import default_collate
 from .config import PreprocessingConfig
 from .discovery import Pair
 from .preprocessing import file_transforms, mask_key
+from .storage import atomic_write_tsv
 
 VIEW_KEYS = ("t1", "t2")
 SPLIT_NAMES = ("train", "val", "test")
@@ -54,11 +55,7 @@ def assign_splits(
 
 
 def write_splits(splits: dict[str, str], path: Path) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(["subject", "split"])
-        writer.writerows(sorted(splits.items()))
-    return Path(path)
+    return atomic_write_tsv(path, ["subject", "split"], sorted(splits.items()))
 
 
 def read_splits(path: Path) -> dict[str, str]:

@@ -16,6 +16,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from .storage import atomic_write_tsv
+
 DEFAULT_VIEWS = ("T1w", "T2w")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -64,15 +66,9 @@ class DiscoveryReport:
 
     def write_tsv(self, path: Path) -> Path:
         """One row per candidate: subject, status (kept/rejected), files, reason."""
-        path = Path(path)
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-            writer.writerow(["subject", "status", "file", "reason"])
-            for p in self.kept:
-                writer.writerow([p.key, "kept", f"{p.t1};{p.t2}", ""])
-            for r in self.rejected:
-                writer.writerow([r.subject, "rejected", r.file, r.reason])
-        return path
+        rows = [[p.key, "kept", f"{p.t1};{p.t2}", ""] for p in self.kept]
+        rows += [[r.subject, "rejected", r.file, r.reason.replace("\t", " ").replace("\n", " ")] for r in self.rejected]
+        return atomic_write_tsv(path, ["subject", "status", "file", "reason"], rows)
 
     def require_usable(self, strict: bool = False) -> None:
         """Refuse to go on with zero usable subjects, or (strict) with any rejection."""

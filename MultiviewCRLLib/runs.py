@@ -20,6 +20,8 @@ from .storage import atomic_write_json
 from .synthetic import generate_cohort
 from .training import Trainer, latest_checkpoint, write_bundle
 
+MIN_EVALUATION_SUBJECTS = 4
+
 
 class RunError(RuntimeError):
     """A run that cannot start: an existing run folder, no data, a bad resume folder."""
@@ -175,13 +177,18 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
         trainer.device,
         extra={"trained_steps": trained.step, "run": run_dir.name, "dataset": dataset},
     )
-    evaluate_run(run_dir, cache_root, trainer.device)
+    evaluated = min(len(by_split["val"]), len(by_split["test"])) >= MIN_EVALUATION_SUBJECTS
+    if evaluated:
+        evaluate_run(run_dir, cache_root, trainer.device)
+    else:
+        print(f"notice: evaluation skipped; it needs {MIN_EVALUATION_SUBJECTS} validation and test subjects each")
     print(f"run folder: {run_dir}")
     print(f"  training log: {run_dir / 'Training.csv'} (curves: {run_dir / 'training_curves.png'})")
     print(f"  decoded images: {run_dir / 'images'}  checkpoints: {run_dir / 'checkpoints'}")
     print(f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
     print(f"  model bundle: {bundle}")
-    print(f"  evaluation: {run_dir / 'metrics.json'} and {run_dir / 'report.png'} (copied into the bundle)")
+    if evaluated:
+        print(f"  evaluation: {run_dir / 'metrics.json'} and {run_dir / 'report.png'} (copied into the bundle)")
     distributed.barrier()
     return run_dir
 
@@ -237,8 +244,10 @@ def evaluate_run(run_dir: Path, cache_root: Path | None = None, device="cpu") ->
 
     run_dir = Path(run_dir)
     settings, by_split = run_pairs(run_dir)
-    if len(by_split["val"]) < 4 or len(by_split["test"]) < 4:
-        raise RunError(f"{run_dir}: evaluation needs at least 4 validation and 4 test subjects")
+    if min(len(by_split["val"]), len(by_split["test"])) < MIN_EVALUATION_SUBJECTS:
+        raise RunError(
+            f"{run_dir}: evaluation needs at least {MIN_EVALUATION_SUBJECTS} validation and test subjects each"
+        )
     bundle = load_bundle(run_dir / "bundle", device)
     cache_root = cache_root or Path("data") / "cache"
     metrics, material = evaluate(bundle, by_split["val"], by_split["test"], cache_root, device, settings["seed"])

@@ -41,3 +41,26 @@ def atomic_torch_save(path: Path, value) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_tsv(path: Path, header: list[str], rows) -> Path:
+    """A tab-separated table written in one piece."""
+    lines = ["\t".join(header)] + ["\t".join(str(v) for v in row) for row in rows]
+    return atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def atomic_save_nifti(image, path: Path) -> Path:
+    """A nibabel image saved through a temporary file of the same suffix, then renamed."""
+    import nibabel as nib
+
+    path = Path(path)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(image, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -13,6 +13,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import pickle
 import re
 import signal
 import threading
@@ -20,7 +21,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.data import DataLoader
@@ -35,7 +35,7 @@ from .discovery import Pair
 from .losses import BaurLoss, ContentInfoNCE, retrieval_top1
 from .networks import Decoder, Encoder, gather_rows, world_size
 from .preprocessing import file_transforms, to_nifti
-from .storage import atomic_torch_save, atomic_write_bytes
+from .storage import atomic_save_nifti, atomic_torch_save, atomic_write_bytes
 
 CSV_COLUMNS = ("step", "total", "contrastive", "reconstruction", "top1_retrieval", "lr", "seconds")
 METRIC_KEYS = ("total", "contrastive", "reconstruction", "top1_retrieval")
@@ -245,7 +245,12 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+            raise ValueError(
+                f"checkpoint {path} refused: not a plain-tensor checkpoint ({type(err).__name__})"
+            ) from err
         encoder, decoder = self.modules()
         encoder.load_state_dict(state["encoder"])
         decoder.load_state_dict(state["decoder"])
@@ -269,9 +274,9 @@ class Trainer:
                 decoded = decoder(encoder(x))[0].float().cpu()
                 folder = self.run_dir / "images"
                 if not (folder / f"{key}_input.nii.gz").exists():
-                    nib.save(to_nifti(images[key]), folder / f"{key}_input.nii.gz")
+                    atomic_save_nifti(to_nifti(images[key]), folder / f"{key}_input.nii.gz")
                 decoded_image = images[key].clone().copy_(decoded)  # keeps the input's affine
-                nib.save(to_nifti(decoded_image), folder / f"step_{self.step:06d}_{key}_decoded.nii.gz")
+                atomic_save_nifti(to_nifti(decoded_image), folder / f"step_{self.step:06d}_{key}_decoded.nii.gz")
         encoder.train()
         decoder.train()
 
