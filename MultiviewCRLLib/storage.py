@@ -29,18 +29,23 @@ def atomic_write_json(path: Path, value) -> Path:
     return atomic_write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
 
 
-def atomic_torch_save(path: Path, value) -> Path:
-    """torch.save through a temporary file; load it back with ``torch.load(weights_only=True)``."""
+def _save_via_temporary(path: Path, save, suffix: str = ".tmp") -> Path:
+    """Call ``save(temporary_path)`` beside ``path``, then rename the result onto ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        torch.save(value, tmp)
+        save(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_torch_save(path: Path, value) -> Path:
+    """torch.save through a temporary file; load it back with ``torch.load(weights_only=True)``."""
+    return _save_via_temporary(path, lambda tmp: torch.save(value, tmp))
 
 
 def atomic_write_tsv(path: Path, header: list[str], rows) -> Path:
@@ -50,17 +55,8 @@ def atomic_write_tsv(path: Path, header: list[str], rows) -> Path:
 
 
 def atomic_save_nifti(image, path: Path) -> Path:
-    """A nibabel image saved through a temporary file of the same suffix, then renamed."""
+    """A nibabel image saved through a temporary file of the same suffix (it picks the format)."""
     import nibabel as nib
 
-    path = Path(path)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(image, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    suffix = ".nii.gz" if Path(path).name.endswith(".nii.gz") else Path(path).suffix
+    return _save_via_temporary(path, lambda tmp: nib.save(image, tmp), suffix)
