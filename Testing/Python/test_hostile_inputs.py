@@ -121,3 +121,31 @@ def test_manifest_subject_names_cannot_write_outside_the_run(tiny_run_and_reques
     created = {p for p in set(tmp_path.rglob("*")) - before if not str(p).startswith(str(work))}
     assert created == set(), created
     assert not list(tmp_path.parent.glob("escape*")) and not list(Path("/tmp").glob("abs[0-9]*"))
+
+
+def test_write_failure_during_training_is_clear_and_keeps_the_checkpoint(tiny_run_and_request, tmp_path):
+    """The run's checkpoint folder becomes unwritable mid-run (here: replaced by a file)."""
+    import subprocess
+    import sys
+    import time
+
+    _, request = tiny_run_and_request
+    results = tmp_path / "results"
+    command = [sys.executable, str(Path(trainer_cli.__file__)), "--preset", "tiny", "--train-steps", "100000"]
+    command += ["--results", str(results), "--data-root", str(request.data_root), "--model-id", "full"]
+    command += ["--checkpoint-every", "5", "--image-every", "100000"]
+    process = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    checkpoints = results / "synthetic" / "full" / "checkpoints"
+    deadline = time.time() + 120
+    while not list(checkpoints.glob("*.sha256")) and time.time() < deadline:
+        time.sleep(0.05)
+    kept = checkpoints.with_name("kept")
+    checkpoints.rename(kept)
+    checkpoints.write_text("not a folder any more")
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2, stderr[-1000:]
+    assert "error: could not read or write" in stderr and "Traceback" not in stderr
+    saved = sorted(kept.glob("*.pt"))
+    assert saved  # every checkpoint written before the failure is complete and verifies
+    for path in saved:
+        assert checksum_path(path).read_text() == hashlib.sha256(path.read_bytes()).hexdigest()
