@@ -63,7 +63,7 @@ def read_splits(path: Path) -> dict[str, str]:
         return {row["subject"]: row["split"] for row in csv.DictReader(f, delimiter="\t")}
 
 
-def augmentation(seed: int = 0) -> Compose:
+def augmentation() -> Compose:
     """Training augmentation: one random spatial transform shared by both views of a subject,
     and independent small intensity jitter per view. Tensors are (1, X, Y, Z)."""
     both = list(VIEW_KEYS) + [mask_key(k) for k in VIEW_KEYS]
@@ -83,9 +83,7 @@ def augmentation(seed: int = 0) -> Compose:
             RandScaleIntensityd(key, factors=0.05, prob=0.5),
             RandShiftIntensityd(key, offsets=0.05, prob=0.5),
         ]
-    pipeline = Compose(transforms)
-    pipeline.set_random_state(seed=seed)
-    return pipeline
+    return Compose(transforms)
 
 
 def plain_collate(items: list[dict]) -> dict:
@@ -118,10 +116,13 @@ def paired_dataset(
     """
     transforms = list(file_transforms(VIEW_KEYS, config).transforms)
     if augment:
-        transforms += list(augmentation(seed).transforms)
+        transforms += list(augmentation().transforms)
+    pipeline = Compose(transforms)
+    # Seeded after composing: a new Compose reseeds its transforms from MONAI's global seed.
+    pipeline.set_random_state(seed=seed)
     items = [_stamped_item(p) for p in pairs]
     if cache_root is None:
-        return Dataset(items, Compose(transforms))
+        return Dataset(items, pipeline)
     cache_dir = Path(cache_root) / config.fingerprint()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    return PersistentDataset(items, Compose(transforms), cache_dir=cache_dir)
+    return PersistentDataset(items, pipeline, cache_dir=cache_dir)

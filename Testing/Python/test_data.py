@@ -101,3 +101,6 @@ def test_augmentation_shares_the_spatial_transform(cohort64):
         assert np.corrcoef(t1, t2)[0, 1] > 0.98
         jittered += not np.array_equal(t1, t2)  # intensity jitter is drawn per view
     assert moved >= 2 and jittered >= 2
+    # Seeded: the same seed gives the same augmented volumes.
+    again = [paired_dataset([same], SMALL, augment=True, seed=3)[0]["t1"] for _ in range(2)]
+    assert torch.equal(torch.as_tensor(again[0]), torch.as_tensor(again[1]))
