@@ -411,27 +411,6 @@ class Trainer:
                     )
 
 
-@torch.no_grad()
-def encode_pairs(
-    encoder: Encoder,
-    pairs: list[Pair],
-    preprocessing: PreprocessingConfig,
-    cache_root: Path | None,
-    device,
-    batch_size: int = 8,
-) -> dict[str, torch.Tensor]:
-    """Latents of both views of every pair: {"t1": (N, latent), "t2": (N, latent)}."""
-    encoder.eval()
-    loader = DataLoader(
-        paired_dataset(pairs, preprocessing, cache_root), batch_size=batch_size, collate_fn=plain_collate
-    )
-    out = {key: [] for key in VIEW_KEYS}
-    for batch in loader:
-        for key in VIEW_KEYS:
-            out[key].append(encoder(batch[key].to(device)).float().cpu())
-    return {key: torch.cat(parts) for key, parts in out.items()}
-
-
 def write_bundle(
     folder: Path,
     trained: TrainedModel,
@@ -443,7 +422,10 @@ def write_bundle(
     extra: dict | None = None,
 ) -> Path:
     """A bundle whose cohort style means and content embeddings come from the training subjects."""
-    latents = encode_pairs(trained.encoder, cohort_pairs, preprocessing, cache_root, device)
+    from .evaluation import encode
+
+    encoded = encode(trained.encoder, cohort_pairs, preprocessing, cache_root, device)
+    latents = {key: torch.from_numpy(getattr(encoded, key)) for key in VIEW_KEYS}
     views = {"t1": "T1w", "t2": "T2w"}
     c = model.content_dim
     style_means = {views[key]: z[:, c:].mean(0) for key, z in latents.items()}
