@@ -7,6 +7,14 @@ import json
 from dataclasses import asdict, dataclass, fields
 
 
+def _from_dict(cls, values: dict, kind: str):
+    """A config dataclass from its JSON form (lists back to tuples); unknown keys are refused."""
+    unknown = set(values) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {kind} settings: {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
 @dataclass(frozen=True)
 class PreprocessingConfig:
     """The technical report's preprocessing: brain mask, 2 mm RAS grid of (91, 109, 91), z-score.
@@ -24,15 +32,7 @@ class PreprocessingConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> PreprocessingConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown preprocessing settings: {sorted(unknown)}")
-        values = dict(values)
-        for key in ("spacing_mm", "spatial_size"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
+        return _from_dict(cls, values, "preprocessing")
 
     def fingerprint(self) -> str:
         """A short hash of every setting: caches keyed on it are never reused after a change."""
@@ -72,11 +72,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown model settings: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        return _from_dict(cls, values, "model")
 
 
 @dataclass(frozen=True)
