@@ -18,6 +18,7 @@ from .preprocessing import file_transforms, mask_key
 from .storage import atomic_write_tsv
 
 VIEW_KEYS = ("t1", "t2")
+VIEW_NAMES = {"t1": "T1w", "t2": "T2w"}  # dataset keys -> BIDS suffixes
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 

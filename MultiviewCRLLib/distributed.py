@@ -16,6 +16,19 @@ def init_from_env() -> None:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """(N, ...) per rank -> (N * world, ...) in rank order, keeping gradients to every rank's rows."""
+    if world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x))
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 

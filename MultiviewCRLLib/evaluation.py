@@ -8,10 +8,8 @@ and every probe on validation, score on test.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,10 +17,9 @@ from monai.metrics import PSNRMetric
 from monai.metrics.regression import compute_ssim_and_cs
 
 from .bundle import Bundle
-from .data import VIEW_KEYS, paired_dataset, plain_collate
+from .data import VIEW_KEYS, VIEW_NAMES, paired_dataset, plain_collate
 from .discovery import Pair
 
-VIEWS = {"t1": "T1w", "t2": "T2w"}
 KERNEL_RIDGE_GRID = {"alpha": [1.0, 0.1, 0.01, 0.001], "gamma": np.logspace(-2, 2, 4).tolist()}
 # z-scoring the intensities removes a global gain, so it cannot be recovered from any image.
 STYLE_FACTORS_REMOVED_BY_PREPROCESSING = ("gain",)
@@ -162,7 +159,7 @@ def image_quality(bundle: Bundle, encoded: Encoded, images: list[dict], device) 
     """
     c = bundle.content_dim
     z = {key: torch.from_numpy(getattr(encoded, key)) for key in VIEW_KEYS}
-    mean_style = {key: bundle.style_means[VIEWS[key]].expand(len(z[key]), -1) for key in VIEW_KEYS}
+    mean_style = {key: bundle.style_means[VIEW_NAMES[key]].expand(len(z[key]), -1) for key in VIEW_KEYS}
     other = {"t1": "t2", "t2": "t1"}
     latents = {}
     for key in VIEW_KEYS:
@@ -187,7 +184,7 @@ def image_quality(bundle: Bundle, encoded: Encoded, images: list[dict], device) 
     }
     for name, values in scores.items():
         kind, key = name.rsplit("_", 1)
-        text = described[kind].format(v=VIEWS[key])
+        text = described[kind].format(v=VIEW_NAMES[key])
         metrics[f"psnr_{name}"] = metric(
             np.mean([v[0] for v in values]), f"PSNR (dB) inside the brain mask, [0,1] range: {text}"
         )
@@ -197,7 +194,7 @@ def image_quality(bundle: Bundle, encoded: Encoded, images: list[dict], device) 
     for key in VIEW_KEYS:
         gap = metrics[f"psnr_recon_{key}"]["value"] - metrics[f"psnr_cross_{key}"]["value"]
         metrics[f"psnr_gap_cross_{key}"] = metric(
-            gap, f"self-reconstruction PSNR minus cross-view PSNR for {VIEWS[key]} (dB)"
+            gap, f"self-reconstruction PSNR minus cross-view PSNR for {VIEW_NAMES[key]} (dB)"
         )
     per_subject = [{name: decoded[name][i] for name in decoded} for i in range(len(images))]
     return metrics, per_subject
@@ -226,7 +223,7 @@ def representation_metrics(val: Encoded, test: Encoded, content_dim: int, seed: 
         q, k = getattr(test, view)[:, :content_dim], getattr(test, "t2" if view == "t1" else "t1")[:, :content_dim]
         other = "T2w" if view == "t1" else "T1w"
         for top in (1, 5):
-            out[f"retrieval_top{top}_{VIEWS[view]}_to_{other}"] = metric(
+            out[f"retrieval_top{top}_{VIEW_NAMES[view]}_to_{other}"] = metric(
                 retrieval_at_k(q, k, top),
                 f"content cosine retrieval of the subject's {other} among test subjects, top-{top} (chance {top}/{len(q)})",
             )
@@ -254,19 +251,19 @@ def representation_metrics(val: Encoded, test: Encoded, content_dim: int, seed: 
                 control = [
                     probe_r2(x_val, y_val[:, j], x_test, shuffled[:, j])["kernel_ridge"] for j in range(len(names))
                 ]
-                out[f"control_permuted_content_r2_{VIEWS[view]}"] = metric(
+                out[f"control_permuted_content_r2_{VIEW_NAMES[view]}"] = metric(
                     float(np.mean(control)),
                     "kernel-ridge R² of content -> content factors shuffled across test subjects (must collapse)",
                 )
     for (block, view, name), r2 in per_factor.items():
         for kind, value in r2.items():
-            out[f"r2_{kind}_{block}_{VIEWS[view]}_{name}"] = metric(
-                value, f"{kind} probe R² of {name} from the {block} block of the {VIEWS[view]} latent"
+            out[f"r2_{kind}_{block}_{VIEW_NAMES[view]}_{name}"] = metric(
+                value, f"{kind} probe R² of {name} from the {block} block of the {VIEW_NAMES[view]} latent"
             )
     counted_style = {
         view: [
             n
-            for n in groups[f"style_{VIEWS[view]}"]
+            for n in groups[f"style_{VIEW_NAMES[view]}"]
             if n.split("_", 1)[1] not in STYLE_FACTORS_REMOVED_BY_PREPROCESSING
         ]
         for view in VIEW_KEYS
@@ -292,7 +289,9 @@ def representation_metrics(val: Encoded, test: Encoded, content_dim: int, seed: 
             out[f"r2_{kind}_{block}_to_style"] = metric(
                 float(np.mean(any_style)), f"mean {kind} R² of all style factors (both views) from the {block} block"
             )
-    out["style_factors_counted"] = {view: names for view, names in ((VIEWS[v], counted_style[v]) for v in VIEW_KEYS)}
+    out["style_factors_counted"] = {
+        view: names for view, names in ((VIEW_NAMES[v], counted_style[v]) for v in VIEW_KEYS)
+    }
     all_factors = groups["content"] + groups["style_T1w"]
     d = dci(val.t1, factor_matrix(val.pairs, all_factors), test.t1, factor_matrix(test.pairs, all_factors))
     for key, value in d.items():
@@ -345,13 +344,3 @@ def evaluate(bundle: Bundle, val_pairs: list[Pair], test_pairs: list[Pair], cach
     )
     metrics["subjects"] = {"val": len(val_pairs), "test": len(test_pairs)}
     return metrics, {"images": images, "decoded": decoded, "subjects": [p.key for p in test_pairs]}
-
-
-def write_metrics(metrics: dict, path: Path) -> Path:
-    from .storage import atomic_write_json
-
-    return atomic_write_json(path, metrics)
-
-
-def load_metrics(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import ModelConfig
+from .distributed import gather_rows, rank, world_size
 
 
 def _norm(channels: int, groups: int) -> tuple:
@@ -30,23 +31,6 @@ class EncoderStage(nn.Sequential):
         )
 
 
-def world_size() -> int:
-    return (
-        torch.distributed.get_world_size()
-        if torch.distributed.is_available() and torch.distributed.is_initialized()
-        else 1
-    )
-
-
-def gather_rows(x: torch.Tensor) -> torch.Tensor:
-    """(N, ...) per rank -> (N * world, ...) in rank order, keeping gradients to every rank's rows."""
-    if world_size() == 1:
-        return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x))
-
-
 class CrossRankBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d whose training statistics span the batches of all ranks (B, C) -> (B, C).
 
@@ -57,8 +41,8 @@ class CrossRankBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or world_size() == 1:
             return super().forward(x)
-        rank = torch.distributed.get_rank()
-        return super().forward(gather_rows(x))[rank * len(x) : (rank + 1) * len(x)]
+        start = rank() * len(x)
+        return super().forward(gather_rows(x))[start : start + len(x)]
 
 
 class Encoder(nn.Module):

@@ -179,7 +179,7 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
     )
     evaluated = min(len(by_split["val"]), len(by_split["test"])) >= MIN_EVALUATION_SUBJECTS
     if evaluated:
-        evaluate_run(run_dir, cache_root, trainer.device)
+        evaluate_run(run_dir, cache_root, trainer.device, by_split)
     else:
         print(f"notice: evaluation skipped; it needs {MIN_EVALUATION_SUBJECTS} validation and test subjects each")
     print(f"run folder: {run_dir}")
@@ -235,15 +235,21 @@ def run_pairs(run_dir: Path) -> tuple[dict, dict[str, list]]:
     return settings, split_pairs(report, read_splits(run_dir / "splits.tsv"))
 
 
-def evaluate_run(run_dir: Path, cache_root: Path | None = None, device="cpu") -> dict:
-    """metrics.json and report.png for a finished run, in the run folder and in its bundle."""
+def evaluate_run(run_dir: Path, cache_root: Path | None = None, device="cpu", by_split: dict | None = None) -> dict:
+    """metrics.json and report.png for a finished run, in the run folder and in its bundle.
+
+    ``by_split`` spares a second discovery pass (which reads every volume) right after training.
+    """
     from .bundle import load_bundle
-    from .evaluation import evaluate, write_metrics
+    from .evaluation import evaluate
     from .report import write_report
     from .training import read_training_csv
 
     run_dir = Path(run_dir)
-    settings, by_split = run_pairs(run_dir)
+    if by_split is None:
+        settings, by_split = run_pairs(run_dir)
+    else:
+        settings = json.loads((run_dir / "settings.json").read_text())
     if min(len(by_split["val"]), len(by_split["test"])) < MIN_EVALUATION_SUBJECTS:
         raise RunError(
             f"{run_dir}: evaluation needs at least {MIN_EVALUATION_SUBJECTS} validation and test subjects each"
@@ -253,6 +259,6 @@ def evaluate_run(run_dir: Path, cache_root: Path | None = None, device="cpu") ->
     metrics, material = evaluate(bundle, by_split["val"], by_split["test"], cache_root, device, settings["seed"])
     rows = read_training_csv(run_dir / "Training.csv")
     for folder in (run_dir, run_dir / "bundle"):
-        write_metrics(metrics, folder / "metrics.json")
+        atomic_write_json(folder / "metrics.json", metrics)
         write_report(metrics, material, rows, folder / "report.png")
     return metrics

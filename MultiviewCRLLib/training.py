@@ -30,10 +30,12 @@ from tqdm import tqdm
 
 from .bundle import save_bundle
 from .config import ModelConfig, PreprocessingConfig, TrainConfig
-from .data import VIEW_KEYS, paired_dataset, plain_collate
+from .data import VIEW_KEYS, VIEW_NAMES, paired_dataset, plain_collate
 from .discovery import Pair
+from .distributed import gather_rows, rank, world_size
+from .evaluation import encode
 from .losses import BaurLoss, ContentInfoNCE, retrieval_top1
-from .networks import Decoder, Encoder, gather_rows, world_size
+from .networks import Decoder, Encoder
 from .preprocessing import file_transforms, to_nifti
 from .storage import atomic_save_nifti, atomic_torch_save, atomic_write_bytes
 
@@ -178,7 +180,7 @@ class Trainer:
             print(f"notice: AMP needs CUDA; training in float32 on {self.device}")
         self.amp_dtype = torch.bfloat16 if train.amp_dtype == "bfloat16" else torch.float16
         self.world = world_size()
-        self.rank = torch.distributed.get_rank() if self.world > 1 else 0
+        self.rank = rank()
         self.is_writer = self.rank == 0  # only rank 0 writes logs, images, checkpoints and bundles
         torch.manual_seed(seed)  # every rank starts from the same weights
         self.encoder = Encoder(model).to(self.device)
@@ -422,13 +424,10 @@ def write_bundle(
     extra: dict | None = None,
 ) -> Path:
     """A bundle whose cohort style means and content embeddings come from the training subjects."""
-    from .evaluation import encode
-
     encoded = encode(trained.encoder, cohort_pairs, preprocessing, cache_root, device)
     latents = {key: torch.from_numpy(getattr(encoded, key)) for key in VIEW_KEYS}
-    views = {"t1": "T1w", "t2": "T2w"}
     c = model.content_dim
-    style_means = {views[key]: z[:, c:].mean(0) for key, z in latents.items()}
+    style_means = {VIEW_NAMES[key]: z[:, c:].mean(0) for key, z in latents.items()}
     content = (latents["t1"][:, :c] + latents["t2"][:, :c]) / 2
     cohort = ([p.key for p in cohort_pairs], content)
     return save_bundle(
