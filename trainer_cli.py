@@ -3,7 +3,8 @@
 
 With no arguments it runs the main job: builds the embedded synthetic cohort once, trains the
 CPU-sized ``demo`` preset, writes a model bundle and evaluates it. ``trainer_cli.py evaluate
---run RUN_DIR`` evaluates a finished run again. The technical report's command works as
+--run RUN_DIR`` evaluates a finished run again; ``trainer_cli.py export --run RUN_DIR --out FOLDER``
+copies its bundle (float16) for the Slicer module. The technical report's command works as
 written, e.g.::
 
     python trainer_cli.py --dataroot /data --dataset_name ADNI --t1-pattern '*T1w*.nii.gz' \\
@@ -158,9 +159,21 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trainer_cli.py export",
+        description="Copy a run's bundle (with its metrics.json and report.png) into a new folder, e.g. "
+        "Resources/Models/<name> for the Slicer module. Weights are stored as float16 unless --float32.",
+    )
+    parser.add_argument("--run", type=Path, required=True, help="the run folder (results/{dataset}/{model_id})")
+    parser.add_argument("--out", type=Path, required=True, help="the new bundle folder (must not exist)")
+    parser.add_argument("--float32", action="store_true", help="keep float32 weights (twice the size)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from MultiviewCRLLib.bundle import BundleError
+    from MultiviewCRLLib.bundle import BundleError, export_bundle
     from MultiviewCRLLib.discovery import DiscoveryError
     from MultiviewCRLLib.runs import RunError, evaluate_run, train_run
     from MultiviewCRLLib.training import TrainingStopped, select_device
@@ -170,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             args = build_evaluate_parser().parse_args(argv[1:])
             evaluate_run(args.run, args.data_root / "cache", select_device(args.device))
             print(f"wrote {args.run / 'metrics.json'} and {args.run / 'report.png'}")
+        elif argv[:1] == ["export"]:
+            args = build_export_parser().parse_args(argv[1:])
+            print(f"wrote {export_bundle(args.run / 'bundle', args.out, half=not args.float32)}")
         else:
             parser = build_parser()
             args = parser.parse_args(argv)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,8 @@ WEIGHTS = "weights.pt"
 SETTINGS = "settings.json"
 COHORT = "cohort.pt"
 BUNDLE_FORMAT = 1
+# The evaluation of the run a bundle came from; travels with the bundle when it is exported.
+EVALUATION_FILES = ("metrics.json", "report.png")
 
 
 class BundleError(ValueError):
@@ -72,13 +76,14 @@ def save_bundle(
         subjects, content = cohort
         atomic_torch_save(folder / COHORT, {"subjects": list(subjects), "content": content.detach().float().cpu()})
     settings = {
+        **(extra or {}),
         "format": BUNDLE_FORMAT,
         "model": model.to_dict(),
         "preprocessing": preprocessing.to_dict(),
         "content_dims": [0, model.content_dim],
         "style_dims": [model.content_dim, model.latent_dim],
         "style_means": {view: [float(v) for v in mean] for view, mean in style_means.items()},
-        **(extra or {}),
+        "weights_dtype": "float16" if half else "float32",
     }
     atomic_write_json(folder / SETTINGS, settings)
     return folder
@@ -129,3 +134,32 @@ def load_bundle(folder: Path, device: str | torch.device = "cpu") -> Bundle:
                 f"model bundle {folder}: {COHORT} content embeddings do not match the model's content_dim"
             )
     return bundle
+
+
+def export_bundle(source: Path, destination: Path, half: bool = True) -> Path:
+    """Copy the bundle ``source`` to the new folder ``destination`` with float16 weights (by
+    default), its cohort embeddings and its evaluation files. An existing folder is never replaced."""
+    source, destination = Path(source), Path(destination)
+    if destination.exists():
+        raise BundleError(f"export to {destination}: it already exists; remove it or choose another folder")
+    bundle = load_bundle(source)
+    cohort = None if bundle.cohort_content is None else (bundle.cohort_subjects, bundle.cohort_content)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the destination and renamed into place: a stopped export leaves no half bundle.
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
+    save_bundle(
+        staging,
+        bundle.encoder,
+        bundle.decoder,
+        bundle.model,
+        bundle.preprocessing,
+        bundle.style_means,
+        extra=bundle.settings,
+        half=half,
+        cohort=cohort,
+    )
+    for name in EVALUATION_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, staging / name)
+    staging.rename(destination)
+    return destination

@@ -65,16 +65,18 @@ def read_splits(path: Path) -> dict[str, str]:
 
 
 def augmentation() -> Compose:
-    """Training augmentation: one random spatial transform shared by both views of a subject,
-    and independent small intensity jitter per view. Tensors are (1, X, Y, Z)."""
+    """Training augmentation: one random rigid transform shared by both views of a subject, and
+    independent small intensity jitter per view. Tensors are (1, X, Y, Z).
+
+    No random scaling: head size is anatomy (the cohort's ``brain_scale``), so content must keep it.
+    """
     both = list(VIEW_KEYS) + [mask_key(k) for k in VIEW_KEYS]
     transforms = [
         RandAffined(
             both,
             prob=0.8,
             rotate_range=(0.1, 0.1, 0.1),
-            translate_range=(4, 4, 4),
-            scale_range=(0.05, 0.05, 0.05),
+            translate_range=(2, 2, 2),
             mode=["bilinear", "bilinear", "nearest", "nearest"],
             padding_mode="zeros",
         )

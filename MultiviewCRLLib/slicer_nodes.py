@@ -7,6 +7,8 @@ Slicer arrays are indexed [k, j, i]; the library's are [i, j, k] with a RAS affi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import slicer
 import slicer.util
@@ -45,6 +47,17 @@ def array_affine_from_node(node) -> tuple[np.ndarray, np.ndarray]:
     if not np.any(array):
         raise NodeError(f"volume '{name}' is empty (all voxels are zero)")
     return np.ascontiguousarray(array.transpose(2, 1, 0), dtype=np.float32), ijk_to_ras(node)
+
+
+def read_volume_node(path, scene=None):
+    """A scalar volume node read from an image file by Slicer's own storage node (as "Add Data" does)."""
+    scene = scene or slicer.mrmlScene
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", Path(path).name.split(".")[0])
+    if not storage.ReadData(node):
+        raise NodeError(f"could not read a volume from {path}")
+    return node
 
 
 def volume_node_from_array(array: np.ndarray, affine: np.ndarray, name: str, scene=None):

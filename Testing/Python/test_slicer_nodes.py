@@ -12,21 +12,19 @@ from MultiviewCRLLib.bundle import load_bundle, save_bundle
 from MultiviewCRLLib.config import PRESETS, PreprocessingConfig
 from MultiviewCRLLib.networks import Decoder, Encoder
 from MultiviewCRLLib.preprocessing import preprocess_file
-from MultiviewCRLLib.slicer_nodes import NodeError, analyse_nodes, array_affine_from_node, ijk_to_ras
+from MultiviewCRLLib.slicer_nodes import (
+    NodeError,
+    analyse_nodes,
+    array_affine_from_node,
+    ijk_to_ras,
+    read_volume_node,
+)
 
 
 @pytest.fixture
 def scene():
     slicer.mrmlScene = slicer.vtkMRMLScene()
     return slicer.mrmlScene
-
-
-def read_volume(scene, path):
-    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-    storage.SetFileName(str(path))
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", path.name.split(".")[0])
-    assert storage.ReadData(node)
-    return node
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +49,7 @@ def centroid_ras(array_ijk, affine, threshold):
 
 def test_node_path_equals_file_path(scene, cohort_1mm):
     path = volume_path(cohort_1mm, "sub-0001", "T2w")
-    array, affine = array_affine_from_node(read_volume(scene, path))
+    array, affine = array_affine_from_node(read_volume_node(scene=scene, path=path))
     from MultiviewCRLLib.preprocessing import preprocess_array
 
     from_node, _ = preprocess_array(array, affine)
@@ -61,8 +59,8 @@ def test_node_path_equals_file_path(scene, cohort_1mm):
 
 
 def test_outputs_overlay_the_inputs(scene, cohort_1mm, report_grid_bundle):
-    t1 = read_volume(scene, volume_path(cohort_1mm, "sub-0001", "T1w"))
-    t2 = read_volume(scene, volume_path(cohort_1mm, "sub-0001", "T2w"))
+    t1 = read_volume_node(scene=scene, path=volume_path(cohort_1mm, "sub-0001", "T1w"))
+    t2 = read_volume_node(scene=scene, path=volume_path(cohort_1mm, "sub-0001", "T2w"))
     result = analyse_nodes(report_grid_bundle, t1, t2, scene=scene)
     expected = {
         "sub-0001_T1w reconstruction",
@@ -96,7 +94,7 @@ def test_outputs_overlay_the_inputs(scene, cohort_1mm, report_grid_bundle):
 
 
 def test_missing_view_uses_the_cohort_mean_style(scene, cohort_1mm, report_grid_bundle):
-    t1 = read_volume(scene, volume_path(cohort_1mm, "sub-0002", "T1w"))
+    t1 = read_volume_node(scene=scene, path=volume_path(cohort_1mm, "sub-0002", "T1w"))
     result = analyse_nodes(report_grid_bundle, t1, None, scene=scene)
     assert set(result["volumes"]) == {
         "sub-0002_T1w reconstruction",
@@ -108,8 +106,12 @@ def test_missing_view_uses_the_cohort_mean_style(scene, cohort_1mm, report_grid_
         analyse_nodes(report_grid_bundle, None, None, scene=scene)
 
 
-def test_bad_nodes_get_clear_errors(scene, cohort_1mm):
-    good = read_volume(scene, volume_path(cohort_1mm, "sub-0001", "T1w"))
+def test_bad_nodes_get_clear_errors(scene, cohort_1mm, tmp_path):
+    not_an_image = tmp_path / "notes.nii.gz"
+    not_an_image.write_text("not an image")
+    with pytest.raises(NodeError, match="could not read a volume from .*notes.nii.gz"):
+        read_volume_node(not_an_image, scene)
+    good = read_volume_node(scene=scene, path=volume_path(cohort_1mm, "sub-0001", "T1w"))
     data = slicer.util.arrayFromVolume(good).astype(np.float32)
     label = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
     slicer.util.updateVolumeFromArray(label, (data > 100).astype(np.int16))

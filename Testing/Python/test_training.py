@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import trainer_cli
-from MultiviewCRLLib.bundle import BundleError, load_bundle, save_bundle
+from MultiviewCRLLib.bundle import BundleError, load_bundle
 from MultiviewCRLLib.config import PRESETS
 from MultiviewCRLLib.data import VIEW_KEYS, read_splits
 from MultiviewCRLLib.discovery import discover_bids
@@ -97,17 +97,28 @@ def test_bundle_round_trip_reproduces_the_embeddings(tiny_run, tmp_path):
         assert torch.allclose(bundle.encoder(x), trained(x), atol=1e-6)
         # The style means separate the views: T1w and T2w contrasts differ.
         assert not torch.allclose(bundle.style_means["T1w"], bundle.style_means["T2w"])
-    half = save_bundle(
-        tmp_path / "half",
-        bundle.encoder,
-        bundle.decoder,
-        bundle.model,
-        bundle.preprocessing,
-        bundle.style_means,
-        half=True,
-    )
+    half = tmp_path / "half"
+    assert trainer_cli.main(["export", "--run", str(run_dir), "--out", str(half)]) == 0
+    assert {p.name for p in half.iterdir()} == {
+        "weights.pt",
+        "settings.json",
+        "cohort.pt",
+        "metrics.json",
+        "report.png",
+    }
+    assert json.loads((half / "settings.json").read_text())["weights_dtype"] == "float16"
+    assert (half / "weights.pt").stat().st_size < 0.6 * (run_dir / "bundle" / "weights.pt").stat().st_size
     with torch.no_grad():
         assert torch.allclose(load_bundle(half).encoder(x), trained(x), atol=1e-2)
+
+
+def test_export_never_replaces_a_folder(tiny_run, tmp_path, capsys):
+    run_dir, _ = tiny_run
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    assert trainer_cli.main(["export", "--run", str(run_dir), "--out", str(taken)]) == 2
+    assert f"export to {taken}: it already exists" in capsys.readouterr().err
+    assert not any(taken.iterdir()) and [p.name for p in tmp_path.iterdir()] == ["taken"]
 
 
 def test_bundle_refusals(tiny_run, tmp_path):

@@ -1,0 +1,122 @@
+"""Render what the Slicer module shows for one T1w/T2w pair into a PNG, from the output nodes.
+
+The pair is read into real MRML nodes by Slicer's storage node (``slicer-core``), analysed with a
+model bundle exactly as the module's Apply does (``analyse_nodes``), and every panel is drawn from
+the resulting volume and table nodes: inputs; reconstructions and cross-view images; error maps;
+the content dimensions of both views. Axial slices through the input T1w's brain centre, in RAS
+millimetres, radiological convention (patient right on the left) as in Slicer's slice views.
+
+    python scripts/outputs_figure.py --t1 T1.nii.gz --t2 T2.nii.gz --out Resources/Screenshots/outputs.png
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ras_volume(node) -> tuple[np.ndarray, np.ndarray]:
+    """The node's [i, j, k] array reoriented to the closest RAS axes, and its affine."""
+    from MultiviewCRLLib.slicer_nodes import array_affine_from_node
+
+    array, affine = array_affine_from_node(node)
+    image = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(array, dtype=np.float32), affine))
+    return np.asarray(image.dataobj), image.affine
+
+
+def draw_axial(ax, node, z_mm: float, title: str, cmap: str = "gray", vmax: float | None = None) -> None:
+    """The node's axial slice nearest to ``z_mm`` (RAS), drawn in millimetres."""
+    array, affine = ras_volume(node)
+    k = int(np.clip(round((z_mm - affine[2, 3]) / affine[2, 2]), 0, array.shape[2] - 1))
+    plane = array[:, :, k].T  # rows: posterior -> anterior; columns: right -> left in RAS x
+    x0, y0 = affine[0, 3], affine[1, 3]
+    x1, y1 = x0 + affine[0, 0] * array.shape[0], y0 + affine[1, 1] * array.shape[1]
+    low, high = np.percentile(plane, [1, 99]) if vmax is None else (0, vmax)
+    ax.imshow(plane, cmap=cmap, origin="lower", extent=(x1, x0, y0, y1), vmin=low, vmax=high)
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+
+
+def render(result: dict, inputs: dict, content_dim: int, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import slicer.util
+
+    array, affine = ras_volume(inputs["T1w"])
+    z_mm = float((affine @ np.r_[np.argwhere(array > np.percentile(array, 75)).mean(0), 1])[2])
+    volumes = result["volumes"]
+    t1, t2 = (inputs[view].GetName() for view in ("T1w", "T2w"))
+    # Columns by target view: T1w reconstruction, T1w from T2w's content, then the same for T2w.
+    images = [f"{t1} reconstruction", f"{t2} → T1w", f"{t2} reconstruction", f"{t1} → T2w"]
+    error_kinds = ("T1w reconstruction", "T2w→T1w", "T2w reconstruction", "T1w→T2w")
+    errors = [f"{t1} + {t2} error {kind}" for kind in error_kinds]
+    analysis = result["analysis"]
+
+    fig = plt.figure(figsize=(13, 10.5), constrained_layout=True)
+    grid = fig.add_gridspec(4, 4, height_ratios=[1, 1, 1, 0.8])
+    for column, view in enumerate(("T1w", "T2w")):
+        draw_axial(fig.add_subplot(grid[0, column]), inputs[view], z_mm, inputs[view].GetName())
+    text = fig.add_subplot(grid[0, 2:])
+    text.set_axis_off()
+    nearest = ", ".join(f"{name} ({cos:.2f})" for name, cos in analysis.nearest_cohort)
+    text.text(
+        0,
+        0.5,
+        "Top row: the inputs. Second row: each view reconstructed from its own\n"
+        "embedding, and each view synthesised from the OTHER view's content with\n"
+        "this view's style. Third row: absolute error inside the brain mask\n"
+        "(z-scored units). Bottom: the 256 content dimensions of both views.\n\n"
+        f"content cosine T1w vs T2w: {analysis.content_cosine:.3f}\n"
+        f"style distance: {analysis.style_distance:.2f}\n"
+        f"nearest cohort subjects (content cosine):\n  {nearest}",
+        fontsize=10,
+        va="center",
+        family="monospace",
+    )
+    error_max = max(float(np.percentile(slicer.util.arrayFromVolume(volumes[e]), 99.5)) for e in errors)
+    for column, (image, error, kind) in enumerate(zip(images, errors, error_kinds)):
+        draw_axial(fig.add_subplot(grid[1, column]), volumes[image], z_mm, image)
+        draw_axial(fig.add_subplot(grid[2, column]), volumes[error], z_mm, f"|error| {kind}", "magma", error_max)
+    chart = fig.add_subplot(grid[3, :])
+    table = result["table"]
+    for view in ("T1w", "T2w"):
+        chart.plot(slicer.util.arrayFromTableColumn(table, view)[:content_dim], ".", label=view, markersize=4)
+    chart.set_xlabel("content dimension")
+    chart.set_ylabel("value")
+    chart.set_title(result["chart"].GetTitle() + " (table node " + table.GetName() + ")", fontsize=9)
+    chart.legend()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--t1", type=Path, required=True, help="T1w image file")
+    parser.add_argument("--t2", type=Path, required=True, help="T2w image file")
+    parser.add_argument("--bundle", type=Path, default=ROOT / "Resources" / "Models" / "demo", help="model bundle")
+    parser.add_argument("--out", type=Path, default=ROOT / "Resources" / "Screenshots" / "outputs.png")
+    args = parser.parse_args()
+
+    import slicer
+
+    from MultiviewCRLLib.bundle import load_bundle
+    from MultiviewCRLLib.slicer_nodes import analyse_nodes, read_volume_node
+
+    slicer.mrmlScene = scene = slicer.vtkMRMLScene()
+    inputs = {"T1w": read_volume_node(args.t1, scene), "T2w": read_volume_node(args.t2, scene)}
+    bundle = load_bundle(args.bundle)
+    result = analyse_nodes(bundle, inputs["T1w"], inputs["T2w"], scene=scene)
+    print(f"wrote {render(result, inputs, bundle.content_dim, args.out)}")
+
+
+if __name__ == "__main__":
+    main()
