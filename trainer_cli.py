@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--augment",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="random spatial + intensity augmentation [off]",
+        help="random rigid (shared by both views) + intensity augmentation [off]",
     )
     train.add_argument("--log-every", type=int, help="steps between Training.csv rows")
     train.add_argument("--image-every", type=int, help="steps between decoded NIfTI snapshots")

@@ -65,7 +65,7 @@ def render(result: dict, inputs: dict, content_dim: int, out: Path) -> Path:
         draw_axial(fig.add_subplot(grid[0, column]), inputs[view], z_mm, inputs[view].GetName())
     text = fig.add_subplot(grid[0, 2:])
     text.set_axis_off()
-    nearest = ", ".join(f"{name} ({cos:.2f})" for name, cos in analysis.nearest_cohort)
+    nearest = "\n  ".join(f"{name} ({cos:.2f})" for name, cos in analysis.nearest_cohort)
     text.text(
         0,
         0.5,

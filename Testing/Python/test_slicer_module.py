@@ -69,6 +69,9 @@ def test_cmake_lists_every_library_file_and_resource():
     listed = set(re.findall(r"^\s+(MultiviewCRLLib/\S+\.py)$", cmake, re.M))
     present = {str(p.relative_to(ROOT)) for p in (ROOT / "MultiviewCRLLib").glob("*.py")}
     assert listed == present
+    resources = set(re.findall(r"^\s+(Resources/\S+)$", cmake, re.M))
+    shipped = {str(p.relative_to(ROOT)) for p in (ROOT / "Resources" / "Models").rglob("*") if p.is_file()}
+    assert shipped and shipped <= resources
     for needed in ("project(MultiviewCRL)", 'EXTENSION_DEPENDS "PyTorch"', "trainer_cli.py", "WITH_GENERIC_TESTS"):
         assert needed in cmake
     assert "slicer_add_python_unittest" in (ROOT / "Testing" / "Python" / "CMakeLists.txt").read_text()

@@ -1,0 +1,55 @@
+"""The bundled demo model in Resources/Models/demo: small enough to ship, loadable without running
+code, matching the demo preset, carrying its evaluation, and working on real MRML nodes."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicer
+import slicer.util
+from conftest import volume_path
+
+from MultiviewCRLLib.bundle import EVALUATION_FILES, load_bundle
+from MultiviewCRLLib.config import PRESETS
+from MultiviewCRLLib.slicer_nodes import analyse_nodes, read_volume_node
+
+DEMO_MODEL = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "demo"
+
+
+@pytest.fixture(scope="module")
+def demo_bundle():
+    return load_bundle(DEMO_MODEL)
+
+
+def test_ships_small_and_complete():
+    names = {p.name for p in DEMO_MODEL.iterdir()}
+    assert names == {"weights.pt", "settings.json", "cohort.pt", *EVALUATION_FILES}
+    assert sum(p.stat().st_size for p in DEMO_MODEL.iterdir()) <= 30 * 2**20
+
+
+def test_matches_the_demo_preset(demo_bundle):
+    assert demo_bundle.model == PRESETS["demo"].model
+    assert demo_bundle.preprocessing == PRESETS["demo"].preprocessing
+    assert demo_bundle.settings["weights_dtype"] == "float16"
+    assert demo_bundle.cohort_content.shape[1] == demo_bundle.content_dim
+
+
+def test_carries_its_evaluation_on_at_least_50_test_subjects():
+    metrics = json.loads((DEMO_MODEL / "metrics.json").read_text())
+    assert metrics["subjects"]["test"] >= 50
+    trained = metrics["trained"]
+    for key in ("retrieval_top1_T1w_to_T2w", "r2_kernel_ridge_content_to_content", "psnr_cross_t1"):
+        assert np.isfinite(trained[key]["value"])
+
+
+def test_analyses_a_pair_of_real_nodes(demo_bundle, cohort_1mm):
+    slicer.mrmlScene = scene = slicer.vtkMRMLScene()
+    nodes = [read_volume_node(volume_path(cohort_1mm, "sub-0001", view), scene) for view in ("T1w", "T2w")]
+    result = analyse_nodes(demo_bundle, *nodes, scene=scene)
+    assert len(result["volumes"]) == 8
+    for node in result["volumes"].values():
+        array = slicer.util.arrayFromVolume(node)
+        assert array.shape == (48, 56, 48) and np.isfinite(array).all()
+    # The same subject's two views share their content far more than chance.
+    assert result["analysis"].content_cosine > 0.5
