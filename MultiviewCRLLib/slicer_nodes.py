@@ -114,18 +114,30 @@ def read_inputs(t1_node=None, t2_node=None) -> dict[str, tuple[np.ndarray, np.nd
 def add_result_nodes(analysis: PairAnalysis, input_names: dict[str, str], content_dim: int, scene=None) -> dict:
     """Output volume nodes (on the model grid), the embedding table and the content plot.
 
-    ``input_names``: {view: name of its input node}. Returns {"volumes": {label: node}, "table", "chart"}.
+    ``input_names``: {view: name of its input node}. Returns {"volumes": {label: node}, "table",
+    "chart", "images", "errors"}; "images" and "errors" hold the same volume nodes by kind, the
+    keys of ``analysis.errors`` ("T1w reconstruction", "T2w→T1w", ...).
     """
     scene = scene or slicer.mrmlScene
     base = " + ".join(input_names[v] for v in VIEWS if v in input_names)
-    named = {f"{input_names[v]} reconstruction": volume for v, volume in analysis.reconstructions.items()}
-    for target, volume in analysis.cross_view.items():
-        named[f"{input_names[OTHER[target]]} → {target}"] = volume
-    named.update({f"{base} error {label}": volume for label, volume in analysis.errors.items()})
-    volumes = {label: volume_node_from_array(v.numpy(), v.affine.numpy(), label, scene) for label, v in named.items()}
+    images = {
+        f"{v} reconstruction": (f"{input_names[v]} reconstruction", x) for v, x in analysis.reconstructions.items()
+    }
+    for target, x in analysis.cross_view.items():
+        images[f"{OTHER[target]}→{target}"] = (f"{input_names[OTHER[target]]} → {target}", x)
+    errors = {kind: (f"{base} error {kind}", x) for kind, x in analysis.errors.items()}
+
+    def nodes(named: dict) -> dict:
+        return {
+            kind: volume_node_from_array(x.numpy(), x.affine.numpy(), label, scene)
+            for kind, (label, x) in named.items()
+        }
+
+    by_kind = {"images": nodes(images), "errors": nodes(errors)}
+    volumes = {node.GetName(): node for group in by_kind.values() for node in group.values()}
     table = embedding_table(analysis, content_dim, f"{base} embeddings", scene)
     chart = content_plot(table, list(analysis.latents), content_dim, f"{base} content", scene)
-    return {"volumes": volumes, "table": table, "chart": chart}
+    return {"volumes": volumes, "table": table, "chart": chart, **by_kind}
 
 
 def analyse_nodes(bundle: Bundle, t1_node=None, t2_node=None, device="cpu", scene=None) -> dict:

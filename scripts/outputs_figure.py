@@ -51,12 +51,9 @@ def render(result: dict, inputs: dict, content_dim: int, out: Path) -> Path:
 
     array, affine = ras_volume(inputs["T1w"])
     z_mm = float((affine @ np.r_[np.argwhere(array > np.percentile(array, 75)).mean(0), 1])[2])
-    volumes = result["volumes"]
-    t1, t2 = (inputs[view].GetName() for view in ("T1w", "T2w"))
     # Columns by target view: T1w reconstruction, T1w from T2w's content, then the same for T2w.
-    images = [f"{t1} reconstruction", f"{t2} → T1w", f"{t2} reconstruction", f"{t1} → T2w"]
-    error_kinds = ("T1w reconstruction", "T2w→T1w", "T2w reconstruction", "T1w→T2w")
-    errors = [f"{t1} + {t2} error {kind}" for kind in error_kinds]
+    kinds = ("T1w reconstruction", "T2w→T1w", "T2w reconstruction", "T1w→T2w")
+    images, errors = result["images"], result["errors"]
     analysis = result["analysis"]
 
     fig = plt.figure(figsize=(13, 10.5), constrained_layout=True)
@@ -80,10 +77,10 @@ def render(result: dict, inputs: dict, content_dim: int, out: Path) -> Path:
         va="center",
         family="monospace",
     )
-    error_max = max(float(np.percentile(slicer.util.arrayFromVolume(volumes[e]), 99.5)) for e in errors)
-    for column, (image, error, kind) in enumerate(zip(images, errors, error_kinds)):
-        draw_axial(fig.add_subplot(grid[1, column]), volumes[image], z_mm, image)
-        draw_axial(fig.add_subplot(grid[2, column]), volumes[error], z_mm, f"|error| {kind}", "magma", error_max)
+    error_max = max(float(np.percentile(slicer.util.arrayFromVolume(node), 99.5)) for node in errors.values())
+    for column, kind in enumerate(kinds):
+        draw_axial(fig.add_subplot(grid[1, column]), images[kind], z_mm, images[kind].GetName())
+        draw_axial(fig.add_subplot(grid[2, column]), errors[kind], z_mm, f"|error| {kind}", "magma", error_max)
     chart = fig.add_subplot(grid[3, :])
     table = result["table"]
     for view in ("T1w", "T2w"):

@@ -73,6 +73,9 @@ def test_outputs_overlay_the_inputs(scene, cohort_1mm, report_grid_bundle):
         "sub-0001_T1w + sub-0001_T2w error T1w→T2w",
     }
     assert set(result["volumes"]) == expected
+    kinds = {"T1w reconstruction", "T2w reconstruction", "T2w→T1w", "T1w→T2w"}
+    assert set(result["images"]) == set(result["errors"]) == kinds
+    assert result["images"]["T2w→T1w"] is result["volumes"]["sub-0001_T2w → T1w"]
     model_grid = result["analysis"].inputs["T1w"].affine.numpy()
     input_array, input_affine = array_affine_from_node(t1)
     input_centroid = centroid_ras(input_array, input_affine, 50)
