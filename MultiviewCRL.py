@@ -181,9 +181,9 @@ class AnalysisJob:
 
     def _run(self):
         try:
-            from MultiviewCRLLib.bundle import load_bundle
-            from MultiviewCRLLib.inference import analyse_pair
-            from MultiviewCRLLib.training import select_device
+            from MultiviewCRLLib.runtime.bundle import load_bundle
+            from MultiviewCRLLib.runtime.inference import analyse_pair
+            from MultiviewCRLLib.training.trainer import select_device
 
             device = select_device(self.device)
             self.bundle = load_bundle(self.bundle_folder, device)
@@ -308,7 +308,7 @@ class MultiviewCRLTest(ScriptedLoadableModuleTest):
                 return t1, t2
         except Exception as err:  # no network: fall back to the embedded cohort
             logging.info(f"CTMRBrain sample data unavailable ({err}); using a synthetic pair")
-        from MultiviewCRLLib.synthetic import generate_cohort
+        from MultiviewCRLLib.training.synthetic import generate_cohort
 
         folder = generate_cohort(Path(slicer.app.temporaryPath) / "MultiviewCRLTest", 1, seed=0, spacing_mm=2.0)
         anat = folder / "sub-0001" / "anat"

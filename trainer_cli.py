@@ -105,7 +105,7 @@ TRAIN_FLAGS = {
 
 
 def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
-    from MultiviewCRLLib.runs import RunRequest
+    from MultiviewCRLLib.training.runs import RunRequest
 
     sources = [s for s in (args.bids, args.manifest, args.dataroot) if s is not None]
     if len(sources) > 1:
@@ -173,10 +173,10 @@ def build_export_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from MultiviewCRLLib.bundle import BundleError, export_bundle
-    from MultiviewCRLLib.discovery import DiscoveryError
-    from MultiviewCRLLib.runs import RunError, evaluate_run, train_run
-    from MultiviewCRLLib.training import TrainingStopped, select_device
+    from MultiviewCRLLib.runtime.bundle import BundleError, export_bundle
+    from MultiviewCRLLib.training.discovery import DiscoveryError
+    from MultiviewCRLLib.training.runs import RunError, evaluate_run, train_run
+    from MultiviewCRLLib.training.trainer import TrainingStopped, select_device
 
     try:
         if argv[:1] == ["evaluate"]:

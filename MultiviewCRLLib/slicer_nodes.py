@@ -14,8 +14,8 @@ import slicer
 import slicer.util
 import vtk
 
-from .bundle import Bundle
-from .inference import OTHER, VIEWS, PairAnalysis, analyse_pair
+from .runtime.bundle import Bundle
+from .runtime.inference import OTHER, VIEWS, PairAnalysis, analyse_pair
 
 
 class NodeError(ValueError):

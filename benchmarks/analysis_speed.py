@@ -18,11 +18,11 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from MultiviewCRLLib.bundle import load_bundle, save_bundle
+from MultiviewCRLLib.runtime.bundle import load_bundle, save_bundle
 from MultiviewCRLLib.config import PRESETS
-from MultiviewCRLLib.inference import analyse_pair
-from MultiviewCRLLib.networks import Decoder, Encoder
-from MultiviewCRLLib.synthetic import generate_cohort
+from MultiviewCRLLib.runtime.inference import analyse_pair
+from MultiviewCRLLib.runtime.networks import Decoder, Encoder
+from MultiviewCRLLib.training.synthetic import generate_cohort
 
 TARGET_S = {"demo": 3.0, "seed": 15.0}
 

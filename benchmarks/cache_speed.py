@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from MultiviewCRLLib.config import PreprocessingConfig
-from MultiviewCRLLib.data import paired_dataset
-from MultiviewCRLLib.discovery import discover_bids
-from MultiviewCRLLib.synthetic import generate_cohort
+from MultiviewCRLLib.training.data import paired_dataset
+from MultiviewCRLLib.training.discovery import discover_bids
+from MultiviewCRLLib.training.synthetic import generate_cohort
 
 
 def volumes_per_second(dataset) -> float:

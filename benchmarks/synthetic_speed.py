@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from MultiviewCRLLib.synthetic import generate_cohort
+from MultiviewCRLLib.training.synthetic import generate_cohort
 
 BUDGET_S = 300.0
 

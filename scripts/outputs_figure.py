@@ -105,7 +105,7 @@ def main() -> None:
 
     import slicer
 
-    from MultiviewCRLLib.bundle import load_bundle
+    from MultiviewCRLLib.runtime.bundle import load_bundle
     from MultiviewCRLLib.slicer_nodes import analyse_nodes, read_volume_node
 
     slicer.mrmlScene = scene = slicer.vtkMRMLScene()

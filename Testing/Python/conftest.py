@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from MultiviewCRLLib.runs import RunRequest, train_run
-from MultiviewCRLLib.synthetic import generate_cohort
+from MultiviewCRLLib.training.runs import RunRequest, train_run
+from MultiviewCRLLib.training.synthetic import generate_cohort
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ import torch
 from conftest import volume_path
 
 from MultiviewCRLLib.config import PreprocessingConfig
-from MultiviewCRLLib.data import assign_splits, paired_dataset, read_splits, split_subjects, write_splits
-from MultiviewCRLLib.discovery import Pair, discover_bids
+from MultiviewCRLLib.training.data import assign_splits, paired_dataset, read_splits, split_subjects, write_splits
+from MultiviewCRLLib.training.discovery import Pair, discover_bids
 
 SMALL = PreprocessingConfig(spacing_mm=(4.0, 4.0, 4.0), spatial_size=(40, 48, 40))
 

@@ -10,7 +10,7 @@ import slicer
 import slicer.util
 from conftest import volume_path
 
-from MultiviewCRLLib.bundle import EVALUATION_FILES, load_bundle
+from MultiviewCRLLib.runtime.bundle import EVALUATION_FILES, load_bundle
 from MultiviewCRLLib.config import PRESETS
 from MultiviewCRLLib.slicer_nodes import analyse_nodes, read_volume_node
 

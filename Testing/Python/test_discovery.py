@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import volume_path
 
-from MultiviewCRLLib.discovery import DiscoveryError, discover, discover_bids, discover_folders, discover_manifest
+from MultiviewCRLLib.training.discovery import DiscoveryError, discover, discover_bids, discover_folders, discover_manifest
 
 
 def copy_pair(cohort, subject, dest_t1, dest_t2):
@@ -168,7 +168,7 @@ def test_gzip_member_check_reads_whole_file(cohort64, tmp_path):
     raw = gzip.decompress(src.read_bytes())
     truncated = tmp_path / "cut.nii.gz"
     truncated.write_bytes(gzip.compress(raw[: len(raw) // 3]))
-    from MultiviewCRLLib.discovery import volume_problem
+    from MultiviewCRLLib.training.discovery import volume_problem
 
     assert volume_problem(truncated).startswith("unreadable")
     assert volume_problem(src) is None

@@ -10,9 +10,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from MultiviewCRLLib.config import PRESETS
-from MultiviewCRLLib.data import paired_dataset, plain_collate
-from MultiviewCRLLib.discovery import discover_bids
-from MultiviewCRLLib.training import StepBatches, Trainer
+from MultiviewCRLLib.training.data import paired_dataset, plain_collate
+from MultiviewCRLLib.training.discovery import discover_bids
+from MultiviewCRLLib.training.trainer import StepBatches, Trainer
 
 WORLD = 2
 BATCH = 2  # per rank: the union batch holds 4 subjects

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from MultiviewCRLLib.evaluation import dci, probe_r2, psnr_ssim, retrieval_at_k, view_accuracy
+from MultiviewCRLLib.training.evaluation import dci, probe_r2, psnr_ssim, retrieval_at_k, view_accuracy
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import trainer_cli
-from MultiviewCRLLib.training import checksum_path
+from MultiviewCRLLib.training.trainer import checksum_path
 
 
 def run_cli(argv, capsys):

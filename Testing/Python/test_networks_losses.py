@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from MultiviewCRLLib.config import PRESETS, ModelConfig
-from MultiviewCRLLib.losses import BaurLoss, ContentInfoNCE, retrieval_top1
-from MultiviewCRLLib.networks import Decoder, Encoder, count_parameters
+from MultiviewCRLLib.training.losses import BaurLoss, ContentInfoNCE, retrieval_top1
+from MultiviewCRLLib.runtime.networks import Decoder, Encoder, count_parameters
 
 
 def test_seed_preset_matches_the_report_size_and_shapes():

@@ -10,7 +10,7 @@ from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 from scipy import ndimage
 
 from MultiviewCRLLib.config import PreprocessingConfig
-from MultiviewCRLLib.preprocessing import preprocess_array, preprocess_file, to_array_affine, to_nifti
+from MultiviewCRLLib.runtime.preprocessing import preprocess_array, preprocess_file, to_array_affine, to_nifti
 
 CONFIG = PreprocessingConfig()
 

@@ -67,7 +67,7 @@ def test_no_heavy_import_or_work_at_file_scope(module_tree):
 def test_cmake_lists_every_library_file_and_resource():
     cmake = (ROOT / "CMakeLists.txt").read_text()
     listed = set(re.findall(r"^\s+(MultiviewCRLLib/\S+\.py)$", cmake, re.M))
-    present = {str(p.relative_to(ROOT)) for p in (ROOT / "MultiviewCRLLib").glob("*.py")}
+    present = {str(p.relative_to(ROOT)) for p in (ROOT / "MultiviewCRLLib").rglob("*.py")}
     assert listed == present
     resources = set(re.findall(r"^\s+(Resources/\S+)$", cmake, re.M))
     shipped = {str(p.relative_to(ROOT)) for p in (ROOT / "Resources" / "Models").rglob("*") if p.is_file()}

@@ -8,10 +8,10 @@ import slicer.util
 import torch
 from conftest import volume_path
 
-from MultiviewCRLLib.bundle import load_bundle, save_bundle
+from MultiviewCRLLib.runtime.bundle import load_bundle, save_bundle
 from MultiviewCRLLib.config import PRESETS, PreprocessingConfig
-from MultiviewCRLLib.networks import Decoder, Encoder
-from MultiviewCRLLib.preprocessing import preprocess_file
+from MultiviewCRLLib.runtime.networks import Decoder, Encoder
+from MultiviewCRLLib.runtime.preprocessing import preprocess_file
 from MultiviewCRLLib.slicer_nodes import (
     NodeError,
     analyse_nodes,
@@ -50,7 +50,7 @@ def centroid_ras(array_ijk, affine, threshold):
 def test_node_path_equals_file_path(scene, cohort_1mm):
     path = volume_path(cohort_1mm, "sub-0001", "T2w")
     array, affine = array_affine_from_node(read_volume_node(scene=scene, path=path))
-    from MultiviewCRLLib.preprocessing import preprocess_array
+    from MultiviewCRLLib.runtime.preprocessing import preprocess_array
 
     from_node, _ = preprocess_array(array, affine)
     from_file, _ = preprocess_file(path)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from MultiviewCRLLib import synthetic
-from MultiviewCRLLib.montage import write_montage
+from MultiviewCRLLib.training import synthetic
+from MultiviewCRLLib.training.montage import write_montage
 
 LABELS = {name: index for index, name in synthetic.DSEG_LABELS.items()}
 
@@ -124,7 +124,7 @@ def test_same_arguments_give_identical_bytes(tmp_path):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "MultiviewCRLLib.synthetic", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "MultiviewCRLLib.training.synthetic", *args], capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("count", ["0", "-4"])

@@ -17,14 +17,14 @@ import pytest
 import torch
 
 import trainer_cli
-from MultiviewCRLLib.bundle import BundleError, load_bundle
+from MultiviewCRLLib.runtime.bundle import BundleError, load_bundle
 from MultiviewCRLLib.config import PRESETS
-from MultiviewCRLLib.data import VIEW_KEYS, read_splits
-from MultiviewCRLLib.discovery import discover_bids
-from MultiviewCRLLib.networks import Encoder
-from MultiviewCRLLib.preprocessing import file_transforms
-from MultiviewCRLLib.runs import RunError, RunRequest, train_run
-from MultiviewCRLLib.training import TrainingStopped, latest_checkpoint
+from MultiviewCRLLib.training.data import VIEW_KEYS, read_splits
+from MultiviewCRLLib.training.discovery import discover_bids
+from MultiviewCRLLib.runtime.networks import Encoder
+from MultiviewCRLLib.runtime.preprocessing import file_transforms
+from MultiviewCRLLib.training.runs import RunError, RunRequest, train_run
+from MultiviewCRLLib.training.trainer import TrainingStopped, latest_checkpoint
 
 STEPS = 30
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from . import distributed
-from .config import PRESETS, CohortConfig
+from ..config import PRESETS, CohortConfig
 from .data import assign_splits, read_splits, write_splits
 from .discovery import DiscoveryReport, discover
-from .storage import atomic_write_json
+from ..runtime.storage import atomic_write_json
 from .synthetic import generate_cohort
-from .training import Trainer, latest_checkpoint, write_bundle
+from .trainer import Trainer, latest_checkpoint, write_bundle
 
 MIN_EVALUATION_SUBJECTS = 4
 
@@ -240,10 +240,10 @@ def evaluate_run(run_dir: Path, cache_root: Path | None = None, device="cpu", by
 
     ``by_split`` spares a second discovery pass (which reads every volume) right after training.
     """
-    from .bundle import load_bundle
+    from ..runtime.bundle import load_bundle
     from .evaluation import evaluate
     from .report import write_report
-    from .training import read_training_csv
+    from .trainer import read_training_csv
 
     run_dir = Path(run_dir)
     if by_split is None:

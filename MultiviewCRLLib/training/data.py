@@ -12,10 +12,10 @@ from monai.transforms import Compose, RandAffined, RandScaleIntensityd, RandShif
 from monai.utils import convert_to_tensor
 from torch.utils.data import default_collate
 
-from .config import PreprocessingConfig
+from ..config import PreprocessingConfig
 from .discovery import Pair
-from .preprocessing import file_transforms, mask_key
-from .storage import atomic_write_tsv
+from ..runtime.preprocessing import file_transforms, mask_key
+from ..runtime.storage import atomic_write_tsv
 
 VIEW_KEYS = ("t1", "t2")
 VIEW_NAMES = {"t1": "T1w", "t2": "T2w"}  # dataset keys -> BIDS suffixes

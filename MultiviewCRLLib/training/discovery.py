@@ -16,7 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .storage import atomic_write_tsv
+from ..runtime.storage import atomic_write_tsv
 
 DEFAULT_VIEWS = ("T1w", "T2w")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")

@@ -11,7 +11,7 @@ with per-tissue values from the BrainWeb 1.5 T table (Kwan et al., IEEE TMI 1999
 probability (partial volume). Images are skull-stripped, as the preprocessed cohorts the pipeline
 is built for: zero outside the brain, Rician noise inside it.
 
-Run ``python -m MultiviewCRLLib.synthetic --out DIR --subjects N --seed S`` to write a BIDS
+Run ``python -m MultiviewCRLLib.training.synthetic --out DIR --subjects N --seed S`` to write a BIDS
 dataset with ``participants.tsv`` holding every factor and a subject-level ``split`` column.
 """
 
@@ -392,7 +392,7 @@ def generate_cohort(
             "DatasetType": "raw",
             "GeneratedBy": [
                 {
-                    "Name": "MultiviewCRLLib.synthetic",
+                    "Name": "MultiviewCRLLib.training.synthetic",
                     "Description": f"subjects={n_subjects} seed={seed} spacing_mm={spacing_mm}",
                 }
             ],
@@ -406,7 +406,7 @@ def generate_cohort(
             "Name": "Tissue labels of the synthetic cohort (dominant tissue per voxel)",
             "BIDSVersion": "1.9.0",
             "DatasetType": "derivative",
-            "GeneratedBy": [{"Name": "MultiviewCRLLib.synthetic"}],
+            "GeneratedBy": [{"Name": "MultiviewCRLLib.training.synthetic"}],
         }
         (seg_root / "dataset_description.json").write_text(json.dumps(seg_description, indent=2) + "\n")
         staging.chmod(0o777 & ~_umask())
@@ -448,7 +448,7 @@ def _check_output(parser: argparse.ArgumentParser, out_dir: Path, overwrite: boo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m MultiviewCRLLib.synthetic",
+        prog="python -m MultiviewCRLLib.training.synthetic",
         description="Write a simulated BIDS cohort of paired T1w/T2w brain MRI with known content and style factors.",
     )
     parser.add_argument("--out", type=Path, required=True, help="output BIDS folder (created)")

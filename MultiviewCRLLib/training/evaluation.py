@@ -16,7 +16,7 @@ import torch
 from monai.metrics import PSNRMetric
 from monai.metrics.regression import compute_ssim_and_cs
 
-from .bundle import Bundle
+from ..runtime.bundle import Bundle
 from .data import VIEW_KEYS, VIEW_NAMES, paired_dataset, plain_collate
 from .discovery import Pair
 
@@ -334,7 +334,7 @@ def evaluate(bundle: Bundle, val_pairs: list[Pair], test_pairs: list[Pair], cach
 
     Returns (metrics, report material).
     """
-    from .networks import Encoder
+    from ..runtime.networks import Encoder
 
     prep = bundle.preprocessing
     bundle.encoder.to(device)

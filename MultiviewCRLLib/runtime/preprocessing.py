@@ -29,7 +29,7 @@ from monai.transforms import (
     Spacingd,
 )
 
-from .config import PreprocessingConfig
+from ..config import PreprocessingConfig
 
 
 def mask_key(key: Hashable) -> str:

@@ -11,8 +11,8 @@ from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 from torch.nn import functional as F
 
-from .config import ModelConfig
-from .distributed import gather_rows, rank, world_size
+from ..config import ModelConfig
+from ..training.distributed import gather_rows, rank, world_size
 
 
 def _norm(channels: int, groups: int) -> tuple:

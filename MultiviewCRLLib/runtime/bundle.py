@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig, PreprocessingConfig
+from ..config import ModelConfig, PreprocessingConfig
 from .networks import Decoder, Encoder
 from .storage import atomic_torch_save, atomic_write_json
 

@@ -28,16 +28,16 @@ from monai.utils import convert_to_tensor
 from torch.utils.data import Sampler
 from tqdm import tqdm
 
-from .bundle import save_bundle
-from .config import ModelConfig, PreprocessingConfig, TrainConfig
+from ..runtime.bundle import save_bundle
+from ..config import ModelConfig, PreprocessingConfig, TrainConfig
 from .data import VIEW_KEYS, VIEW_NAMES, paired_dataset, plain_collate
 from .discovery import Pair
 from .distributed import gather_rows, rank, world_size
 from .evaluation import encode
 from .losses import BaurLoss, ContentInfoNCE, retrieval_top1
-from .networks import Decoder, Encoder
-from .preprocessing import file_transforms, to_nifti
-from .storage import atomic_save_nifti, atomic_torch_save, atomic_write_bytes
+from ..runtime.networks import Decoder, Encoder
+from ..runtime.preprocessing import file_transforms, to_nifti
+from ..runtime.storage import atomic_save_nifti, atomic_torch_save, atomic_write_bytes
 
 CSV_COLUMNS = ("step", "total", "contrastive", "reconstruction", "top1_retrieval", "lr", "seconds")
 METRIC_KEYS = ("total", "contrastive", "reconstruction", "top1_retrieval")
