@@ -1,12 +1,11 @@
 """3D Slicer module: content/style embeddings, reconstructions and cross-view images of a T1w/T2w pair.
 
-A thin front end over MultiviewCRLLib: the analysis runs on a background thread (torch, monai and
-nibabel are imported only then, after a dependency check) and the results come back as new
-volume, table and plot nodes.
+A thin front end over MultiviewCRLLib: the Logic calls the library's one node-level analysis
+(``MultiviewCRLLib.slicer_nodes.analyse_nodes``), whose torch work runs on a background thread
+while the panel stays live; torch, monai and nibabel are imported only after a dependency check.
 """
 
 import logging
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -24,8 +23,13 @@ from slicer.util import VTKObservationMixin
 
 MODULE_DIR = Path(__file__).resolve().parent
 DEMO_MODEL = MODULE_DIR / "Resources" / "Models" / "demo"
-TORCH_REQUIREMENT = ">=2.1"
-PIP_REQUIREMENTS = ("monai>=1.3", "nibabel>=5.0")
+TEST_DATA = MODULE_DIR / "Resources" / "TestData"
+# What the user can do about each library error, in this panel's terms.
+REMEDIES = {
+    "NodeError": "Select another volume under Inputs.",
+    "BundleError": "Choose another model folder under Model (Load model folder…).",
+    "DeviceError": "Choose 'cpu' or 'auto' under Device.",
+}
 
 
 class MultiviewCRL(ScriptedLoadableModule):
@@ -67,10 +71,7 @@ class MultiviewCRLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._job = None
-        self._timer = qt.QTimer()
-        self._timer.setInterval(200)
-        self._timer.timeout.connect(self._poll)
+        self._runner = None
         self._previousLayout = None
 
     def setup(self):
@@ -86,8 +87,7 @@ class MultiviewCRLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.loadModelButton.connect("clicked(bool)", self.onLoadModel)
         self.ui.restoreLayoutButton.connect("clicked(bool)", self.onRestoreLayout)
-        self.ui.progressBar.setVisible(False)
-        self.ui.cancelButton.setEnabled(False)
+        self.setBusy(False)
         self.initializeParameterNode()
 
     def cleanup(self):
@@ -125,135 +125,119 @@ class MultiviewCRLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if folder:
             self._parameterNode.modelFolder = Path(folder)
 
+    def ensureDependencies(self) -> bool:
+        """Ask before installing what the run path imports: PyTorch through the PyTorch extension,
+        the rest of Resources/requirements.txt through pip."""
+        missing = self.logic.missingRequirements()
+        if not missing:
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+            f"Multiview CRL needs {', '.join(missing)}. PyTorch is installed through the PyTorch extension, "
+            "the others with pip. Install now?"
+        ):
+            return False
+        with slicer.util.tryWithErrorDisplay("Multiview CRL could not install its dependencies.", waitCursor=True):
+            return self.logic.installRequirements(missing)
+        return False
+
+    def setBusy(self, busy: bool):
+        self.ui.applyButton.setEnabled(not busy)
+        self.ui.cancelButton.setEnabled(busy)
+        self.ui.progressBar.setVisible(busy)
+        self.ui.progressBar.setRange(0, 0)
+
     def onApply(self):
-        with slicer.util.tryWithErrorDisplay("Multiview CRL could not start.", waitCursor=True):
-            if not self.logic.ensureDependencies():
-                return
-            p = self._parameterNode
-            self._job = self.logic.start(p.inputT1, p.inputT2, p.modelFolder, p.device)
-            self.ui.applyButton.setEnabled(False)
-            self.ui.cancelButton.setEnabled(True)
-            self.ui.progressBar.setVisible(True)
-            self.ui.progressBar.setRange(0, 0)
-            self.ui.statusLabel.text = "Running the encoder and decoder…"
-            self._timer.start()
+        if not self.ensureDependencies():
+            return
+        from MultiviewCRLLib.slicer_nodes import BackgroundRunner, Cancelled
+
+        p = self._parameterNode
+        self._runner = BackgroundRunner(slicer.app.processEvents)
+        self.setBusy(True)
+        self.ui.statusLabel.text = "Running the encoder and decoder…"
+        try:
+            result = self.logic.process(p.inputT1, p.inputT2, p.modelFolder, p.device, runner=self._runner)
+        except Cancelled as stop:
+            self.ui.statusLabel.text = str(stop).capitalize() + "."
+            return
+        except Exception as err:  # a library error says what is wrong; the panel adds what to do
+            logging.exception("Multiview CRL analysis failed")
+            message = f"{err}\n\n{REMEDIES.get(type(err).__name__, '')}".strip()
+            self.ui.statusLabel.text = f"Failed: {err}"
+            slicer.util.errorDisplay(f"Multiview CRL failed: {message}")
+            return
+        finally:
+            self._runner = None
+            self.setBusy(False)
+        self.ui.statusLabel.text = self.logic.summary(result)
+        self._previousLayout = slicer.app.layoutManager().layout
+        self.showComparison(p, result)
 
     def onCancel(self):
-        if self._job:
-            self._job.cancelled = True
+        if self._runner is not None:
+            self._runner.cancel()
             self.ui.statusLabel.text = "Cancelling; the current step finishes first…"
-
-    def _poll(self):
-        job = self._job
-        if job is None or job.thread.is_alive():
-            return
-        self._timer.stop()
-        self._job = None
-        self.ui.applyButton.setEnabled(True)
-        self.ui.cancelButton.setEnabled(False)
-        self.ui.progressBar.setVisible(False)
-        if job.cancelled:
-            self.ui.statusLabel.text = "Cancelled; nothing was added to the scene."
-            return
-        if job.error is not None:
-            self.ui.statusLabel.text = f"Failed: {job.error}"
-            slicer.util.errorDisplay(f"Multiview CRL failed: {job.error}")
-            return
-        with slicer.util.tryWithErrorDisplay("Could not add the results to the scene.", waitCursor=True):
-            result = self.logic.finish(job)
-            self.ui.statusLabel.text = self.logic.summary(result)
-            self._previousLayout = slicer.app.layoutManager().layout
-            self.logic.showComparison(job, result)
 
     def onRestoreLayout(self):
         if self._previousLayout is not None:
             slicer.app.layoutManager().setLayout(self._previousLayout)
 
-
-class AnalysisJob:
-    """One analysis on a background thread: inputs are copied arrays, so no MRML is touched there."""
-
-    def __init__(self, arrays, names, bundle_folder, device):
-        self.arrays, self.names, self.bundle_folder, self.device = arrays, names, bundle_folder, device
-        self.bundle = self.analysis = self.error = None
-        self.cancelled = False
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        try:
-            from MultiviewCRLLib.runtime.bundle import load_bundle
-            from MultiviewCRLLib.runtime.inference import analyse_pair
-            from MultiviewCRLLib.training.trainer import select_device
-
-            device = select_device(self.device)
-            self.bundle = load_bundle(self.bundle_folder, device)
-            if not self.cancelled:
-                self.analysis = analyse_pair(self.bundle, self.arrays.get("T1w"), self.arrays.get("T2w"), device)
-        except Exception as err:  # shown to the user in a dialog by the widget
-            logging.exception("Multiview CRL analysis failed")
-            self.error = err
+    @staticmethod
+    def showComparison(parameterNode, result: dict):
+        """Inputs above, reconstructions and cross-view images below, linked slice views."""
+        layoutManager = slicer.app.layoutManager()
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutThreeOverThreeView)
+        inputs = [node for node in (parameterNode.inputT1, parameterNode.inputT2) if node is not None]
+        outputs = list(result["images"].values())
+        views = ["Red", "Yellow", "Green", "Slice4", "Slice5", "Slice6"]
+        for viewName, node in zip(views, (inputs + [None] * 3)[:3] + outputs[:3]):
+            widget = layoutManager.sliceWidget(viewName)
+            if widget is None or node is None:
+                continue
+            composite = widget.mrmlSliceCompositeNode()
+            composite.SetBackgroundVolumeID(node.GetID())
+            composite.SetLinkedControl(True)
+            widget.sliceLogic().FitSliceToAll()
 
 
 class MultiviewCRLLogic(ScriptedLoadableModuleLogic):
-    """Nodes in, nodes out. The analysis itself lives in MultiviewCRLLib."""
+    """Nodes in, nodes out, through the library's one node-level analysis; no dialogs, no layout."""
 
     def getParameterNode(self):
         return MultiviewCRLParameterNode(super().getParameterNode())
 
-    def ensureDependencies(self) -> bool:
-        """torch through the PyTorch extension; monai and nibabel through pip after confirmation."""
-        try:
-            import torch  # noqa: F401
-        except ImportError:
+    @staticmethod
+    def missingRequirements() -> list:
+        """Requirements of Resources/requirements.txt that this Slicer's Python does not meet."""
+        from MultiviewCRLLib.dependencies import missing_requirements
+
+        return missing_requirements()
+
+    @staticmethod
+    def installRequirements(requirements: list) -> bool:
+        """torch through the PyTorch extension's installer, the rest with Slicer's pip."""
+        torch = [r for r in requirements if r.startswith("torch")]
+        others = [r for r in requirements if not r.startswith("torch")]
+        if torch:
             try:
                 import PyTorchUtils
-            except ImportError:
-                slicer.util.errorDisplay(
-                    "Multiview CRL needs PyTorch. Install the 'PyTorch' extension from the Extensions Manager, "
-                    "restart Slicer, and apply again."
-                )
+            except ImportError as err:
+                raise RuntimeError(
+                    "PyTorch is needed: install the 'PyTorch' extension from the Extensions Manager and restart Slicer"
+                ) from err
+            version = torch[0][len("torch") :]
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=version) is None:
                 return False
-            if (
-                PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                    askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT
-                )
-                is None
-            ):
-                return False
-        missing = []
-        for requirement in PIP_REQUIREMENTS:
-            name = requirement.split(">")[0]
-            try:
-                __import__(name)
-            except ImportError:
-                missing.append(requirement)
-        if missing:
-            if not slicer.util.confirmOkCancelDisplay(f"Multiview CRL needs {', '.join(missing)}. Install now?"):
-                return False
-            slicer.util.pip_install(" ".join(missing))
+        if others:
+            slicer.util.pip_install(" ".join(f'"{r}"' for r in others))
         return True
 
-    def start(self, t1Node, t2Node, modelFolder, device="auto") -> AnalysisJob:
-        from MultiviewCRLLib.slicer_nodes import read_inputs
+    def process(self, t1Node, t2Node, modelFolder=DEMO_MODEL, device="auto", runner=None) -> dict:
+        """Analyse the pair and add the result nodes; ``runner``: where the torch work runs (inline
+        when None, or a ``BackgroundRunner``)."""
+        from MultiviewCRLLib.slicer_nodes import analyse_nodes, run_inline
 
-        arrays = read_inputs(t1Node, t2Node)
-        names = {view: node.GetName() for view, node in (("T1w", t1Node), ("T2w", t2Node)) if node is not None}
-        job = AnalysisJob(arrays, names, Path(modelFolder), device)
-        job.thread.start()
-        return job
-
-    def finish(self, job: AnalysisJob) -> dict:
-        from MultiviewCRLLib.slicer_nodes import add_result_nodes
-
-        return {"analysis": job.analysis, **add_result_nodes(job.analysis, job.names, job.bundle.content_dim)}
-
-    def process(self, t1Node, t2Node, modelFolder=DEMO_MODEL, device="auto") -> dict:
-        """Blocking: for scripts and tests."""
-        job = self.start(t1Node, t2Node, modelFolder, device)
-        job.thread.join()
-        if job.error is not None:
-            raise job.error
-        return self.finish(job)
+        return analyse_nodes(Path(modelFolder), t1Node, t2Node, device, slicer.mrmlScene, runner or run_inline)
 
     @staticmethod
     def summary(result: dict) -> str:
@@ -268,28 +252,10 @@ class MultiviewCRLLogic(ScriptedLoadableModuleLogic):
             lines.append(f"Nearest training subjects by content: {nearest}")
         return "\n".join(lines) or "Done."
 
-    @staticmethod
-    def showComparison(job: AnalysisJob, result: dict):
-        """Inputs above, reconstructions and cross-view images below, linked slice views."""
-        layoutManager = slicer.app.layoutManager()
-        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutThreeOverThreeView)
-        volumes = result["volumes"]
-        inputs = [slicer.util.getFirstNodeByName(name) for name in job.names.values()]
-        outputs = [node for label, node in volumes.items() if "error" not in label]
-        views = ["Red", "Yellow", "Green", "Slice4", "Slice5", "Slice6"]
-        for viewName, node in zip(views, (inputs + [None] * 3)[:3] + outputs[:3]):
-            widget = layoutManager.sliceWidget(viewName)
-            if widget is None or node is None:
-                continue
-            composite = widget.mrmlSliceCompositeNode()
-            composite.SetBackgroundVolumeID(node.GetID())
-            composite.SetLinkedControl(True)
-            widget.sliceLogic().FitSliceToAll()
-
 
 class MultiviewCRLTest(ScriptedLoadableModuleTest):
-    """Inside Slicer: the bundled demo model on MRBrainT1/MRBrainT2 (CTMRBrain sample data), or on a
-    synthetic pair when the sample data cannot be downloaded."""
+    """Inside Slicer: the bundled demo model on MRBrainT1/MRBrainT2 (CTMRBrain sample data), or on the
+    synthetic pair shipped in Resources/TestData when the sample data cannot be downloaded."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -306,22 +272,19 @@ class MultiviewCRLTest(ScriptedLoadableModuleTest):
             t1, t2 = slicer.util.getNode("MRBrainT1"), slicer.util.getNode("MRBrainT2")
             if t1 is not None and t2 is not None:
                 return t1, t2
-        except Exception as err:  # no network: fall back to the embedded cohort
-            logging.info(f"CTMRBrain sample data unavailable ({err}); using a synthetic pair")
-        from MultiviewCRLLib.training.synthetic import generate_cohort
-
-        folder = generate_cohort(Path(slicer.app.temporaryPath) / "MultiviewCRLTest", 1, seed=0, spacing_mm=2.0)
-        anat = folder / "sub-0001" / "anat"
-        return slicer.util.loadVolume(str(anat / "sub-0001_T1w.nii.gz")), slicer.util.loadVolume(
-            str(anat / "sub-0001_T2w.nii.gz")
-        )
+        except Exception as err:  # no network: the pair shipped with the module
+            logging.info(f"CTMRBrain sample data unavailable ({err}); using the shipped synthetic pair")
+        return tuple(slicer.util.loadVolume(str(TEST_DATA / f"synthetic_{view}.nii.gz")) for view in ("T1w", "T2w"))
 
     def test_MultiviewCRL_pair(self):
         self.delayDisplay("Running the bundled demo model on a T1w/T2w pair")
         logic = MultiviewCRLLogic()
-        self.assertTrue(logic.ensureDependencies())
+        missing = logic.missingRequirements()
+        self.assertTrue(not missing or logic.installRequirements(missing))
         t1, t2 = self.loadPair()
-        result = logic.process(t1, t2, DEMO_MODEL, "cpu")
+        from MultiviewCRLLib.slicer_nodes import BackgroundRunner
+
+        result = logic.process(t1, t2, DEMO_MODEL, "cpu", runner=BackgroundRunner(slicer.app.processEvents))
         import numpy as np
 
         self.assertEqual(len(result["volumes"]), 8)

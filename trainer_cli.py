@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from MultiviewCRLLib.config import PRESETS
+from MultiviewCRLLib.config import PRESETS, VIEWS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--t1-pattern", help="glob of the T1 file inside each subject folder (folder layouts)")
     data.add_argument("--t2-pattern", help="glob of the T2 file inside each subject folder (folder layouts)")
     data.add_argument(
-        "--views", nargs=2, default=["T1w", "T2w"], metavar=("VIEW1", "VIEW2"), help="BIDS suffixes of the two views"
+        "--views", nargs=2, default=list(VIEWS), metavar=("VIEW1", "VIEW2"), help="BIDS suffixes of the two views"
     )
     data.add_argument("--strict", action="store_true", help="abort when any subject is rejected by discovery")
     data.add_argument("--stratify", help="label column to stratify the subject-level split by")
@@ -50,8 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--data-root",
         type=Path,
-        default=Path("data"),
-        help="where the synthetic cohort and the preprocessing cache live",
+        help="where the synthetic cohort and the preprocessing cache live [data; a resumed run's own]",
     )
 
     train = parser.add_argument_group("training (default: the preset's value; the report's in brackets)")
@@ -154,7 +153,9 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
         "folder and its bundle.",
     )
     parser.add_argument("--run", type=Path, required=True, help="the run folder (results/{dataset}/{model_id})")
-    parser.add_argument("--data-root", type=Path, default=Path("data"), help="where the preprocessing cache lives")
+    parser.add_argument(
+        "--data-root", type=Path, help="where the preprocessing cache lives (default: the one the run was trained with)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     return parser
 
@@ -174,15 +175,18 @@ def build_export_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from MultiviewCRLLib.runtime.bundle import BundleError, export_bundle
+    from MultiviewCRLLib.runtime.device import DeviceError, select_device
     from MultiviewCRLLib.training.discovery import DiscoveryError
+    from MultiviewCRLLib.training.report import headline_table
     from MultiviewCRLLib.training.runs import RunError, evaluate_run, train_run
-    from MultiviewCRLLib.training.trainer import TrainingStopped, select_device
+    from MultiviewCRLLib.training.trainer import TrainingStopped
 
     try:
         if argv[:1] == ["evaluate"]:
             args = build_evaluate_parser().parse_args(argv[1:])
-            evaluate_run(args.run, args.data_root / "cache", select_device(args.device))
-            print(f"wrote {args.run / 'metrics.json'} and {args.run / 'report.png'}")
+            cache_root = args.data_root / "cache" if args.data_root else None
+            metrics = evaluate_run(args.run, cache_root, select_device(args.device))
+            print(f"{headline_table(metrics)}\n\nwrote {args.run / 'metrics.json'} and {args.run / 'report.png'}")
         elif argv[:1] == ["export"]:
             args = build_export_parser().parse_args(argv[1:])
             print(f"wrote {export_bundle(args.run / 'bundle', args.out, half=not args.float32)}")
@@ -193,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingStopped as stop:
         print(f"\n{stop}", file=sys.stderr)
         return stop.exit_code
+    except DeviceError as err:
+        print(f"error: {err}; choose another with --device (auto, cpu, cuda or cuda:N)", file=sys.stderr)
+        return 2
     except (RunError, DiscoveryError, BundleError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,10 +1,52 @@
-"""Configuration shared by the trainer, the evaluator and the Slicer module."""
+"""Configuration and constants shared by the trainer, the evaluator and the Slicer module: presets,
+the view names, the content/style split of a latent and the keys of the evaluation's metrics.
+
+Imports only the standard library, so both parts of the library (and the Slicer module) can use it.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
+
+VIEWS = ("T1w", "T2w")  # BIDS suffixes: the names users see
+VIEW_KEYS = ("t1", "t2")  # the same views as dataset entries, in the same order
+VIEW_NAMES = dict(zip(VIEW_KEYS, VIEWS))
+_OTHER = {**dict(zip(VIEWS, reversed(VIEWS))), **dict(zip(VIEW_KEYS, reversed(VIEW_KEYS)))}
+LATENT_BLOCKS = ("content", "style", "full")
+
+
+def split_latent(z, content_dim: int):
+    """(content, style) blocks of latents (..., latent_dim), numpy or torch: content is always
+    dims ``[0, content_dim)``, style the rest."""
+    return z[..., :content_dim], z[..., content_dim:]
+
+
+def other_view(view: str) -> str:
+    """The other view, named the same way: "T1w" <-> "T2w", "t1" <-> "t2"."""
+    return _OTHER[view]
+
+
+# --- metric keys of metrics.json: the evaluation writes them, the report, tests and README read them
+def retrieval_key(top: int, source: str, target: str) -> str:
+    """Cross-view retrieval of ``target`` views from ``source`` views (view names), top-k."""
+    return f"retrieval_top{top}_{source}_to_{target}"
+
+
+def image_key(measure: str, kind: str, view_key: str) -> str:
+    """``measure`` psnr/ssim of ``kind`` recon/cross/cross_meanstyle decodings of view ``view_key`` (t1/t2)."""
+    return f"{measure}_{kind}_{view_key}"
+
+
+def r2_key(probe: str, block: str, target: str) -> str:
+    """Mean R² of a ``probe`` (linear/kernel_ridge) from a latent ``block`` to the ``target`` factors
+    (content, style, own_style)."""
+    return f"r2_{probe}_{block}_to_{target}"
+
+
+def view_accuracy_key(block: str) -> str:
+    return f"view_accuracy_{block}"
 
 
 def _from_dict(cls, values: dict, kind: str):
@@ -66,6 +108,18 @@ class ModelConfig:
     @property
     def style_dim(self) -> int:
         return self.latent_dim - self.content_dim
+
+    def content(self, z):
+        """The content block of latents (..., latent_dim), numpy or torch: (..., content_dim)."""
+        return split_latent(z, self.content_dim)[0]
+
+    def style(self, z):
+        """The style block of latents (..., latent_dim): (..., style_dim)."""
+        return split_latent(z, self.content_dim)[1]
+
+    def block(self, z, name: str):
+        """One of LATENT_BLOCKS of latents (..., latent_dim)."""
+        return {"content": self.content, "style": self.style, "full": lambda x: x}[name](z)
 
     def to_dict(self) -> dict:
         return asdict(self)

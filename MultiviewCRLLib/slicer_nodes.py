@@ -1,4 +1,5 @@
-"""MRML nodes <-> arrays, and the whole pair analysis on nodes. The library's only Slicer import.
+"""MRML nodes <-> arrays, and the one analysis of a pair of nodes that the Slicer module's Logic,
+its self-test and pytest all run (:func:`analyse_nodes`). The library's only Slicer import.
 
 Works with the full Slicer application and with the ``slicer-core`` wheel alike (only MRML and
 ``slicer.util``'s array helpers are used), so it is tested against real MRML outside Slicer.
@@ -7,6 +8,9 @@ Slicer arrays are indexed [k, j, i]; the library's are [i, j, k] with a RAS affi
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +18,10 @@ import slicer
 import slicer.util
 import vtk
 
-from .runtime.bundle import Bundle
-from .runtime.inference import OTHER, VIEWS, PairAnalysis, analyse_pair
+from .config import VIEWS, other_view
+from .runtime.bundle import Bundle, load_bundle
+from .runtime.device import select_device
+from .runtime.inference import PairAnalysis, analyse_pair, cross_view_name
 
 
 class NodeError(ValueError):
@@ -124,7 +130,8 @@ def add_result_nodes(analysis: PairAnalysis, input_names: dict[str, str], conten
         f"{v} reconstruction": (f"{input_names[v]} reconstruction", x) for v, x in analysis.reconstructions.items()
     }
     for target, x in analysis.cross_view.items():
-        images[f"{OTHER[target]}→{target}"] = (f"{input_names[OTHER[target]]} → {target}", x)
+        source = other_view(target)
+        images[cross_view_name(source, target)] = (f"{input_names[source]} → {target}", x)
     errors = {kind: (f"{base} error {kind}", x) for kind, x in analysis.errors.items()}
 
     def nodes(named: dict) -> dict:
@@ -140,12 +147,78 @@ def add_result_nodes(analysis: PairAnalysis, input_names: dict[str, str], conten
     return {"volumes": volumes, "table": table, "chart": chart, **by_kind}
 
 
-def analyse_nodes(bundle: Bundle, t1_node=None, t2_node=None, device="cpu", scene=None) -> dict:
+class Cancelled(Exception):
+    """The user cancelled an analysis; nothing was added to the scene."""
+
+
+def run_inline(work: Callable):
+    """Run the analysis's torch work right here (scripts, tests)."""
+    return work()
+
+
+class BackgroundRunner:
+    """Run the analysis's torch work on a worker thread while ``process_events`` keeps the caller's
+    event loop (Slicer's GUI) alive; ``cancel()`` makes the call raise :class:`Cancelled` once the
+    work returns, so nothing reaches the scene. MRML is only touched on the calling thread."""
+
+    def __init__(self, process_events: Callable[[], None] = lambda: None, poll_seconds: float = 0.05):
+        self.process_events, self.poll_seconds = process_events, poll_seconds
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __call__(self, work: Callable):
+        outcome = {}
+
+        def target():
+            try:
+                outcome["value"] = work()
+            except Exception as err:  # re-raised on the calling thread
+                outcome["error"] = err
+
+        thread = threading.Thread(target=target, name="MultiviewCRL analysis", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            self.process_events()
+            thread.join(self.poll_seconds)
+        if self.cancelled:
+            raise Cancelled("cancelled; nothing was added to the scene")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+
+def analyse_nodes(
+    model: Bundle | Path | str,
+    t1_node=None,
+    t2_node=None,
+    device: str = "cpu",
+    scene=None,
+    runner: Callable = run_inline,
+) -> dict:
     """Analyse a pair of volume nodes (either may be None) and add the results to the scene.
 
-    Returns {"analysis": PairAnalysis, "volumes": {label: node}, "table": node, "chart": node}.
+    ``model``: a loaded bundle or a bundle folder (then loaded by the runner, on ``device``).
+    ``runner(work)`` runs the torch work and returns its result: :func:`run_inline`, or a
+    :class:`BackgroundRunner`. Inputs are checked first and results are added only after the
+    whole analysis succeeded: a failure or a cancel leaves the scene as it was.
+
+    Returns {"analysis": PairAnalysis, "bundle": Bundle, "volumes": {label: node}, "table", "chart",
+    "images", "errors"} (see :func:`add_result_nodes`).
     """
     arrays = read_inputs(t1_node, t2_node)
     names = {view: node.GetName() for view, node in zip(VIEWS, (t1_node, t2_node)) if node is not None}
-    analysis = analyse_pair(bundle, arrays.get("T1w"), arrays.get("T2w"), device)
-    return {"analysis": analysis, **add_result_nodes(analysis, names, bundle.content_dim, scene)}
+
+    def work() -> tuple[Bundle, PairAnalysis]:
+        torch_device = select_device(device)
+        if isinstance(model, Bundle):
+            bundle = model
+            bundle.encoder.to(torch_device), bundle.decoder.to(torch_device)
+        else:
+            bundle = load_bundle(model, torch_device)
+        return bundle, analyse_pair(bundle, arrays.get("T1w"), arrays.get("T2w"), torch_device)
+
+    bundle, analysis = runner(work)
+    nodes = add_result_nodes(analysis, names, bundle.content_dim, scene)
+    return {"analysis": analysis, "bundle": bundle, **nodes}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 
 from ..config import ModelConfig, PreprocessingConfig
 from .networks import Decoder, Encoder
-from .storage import atomic_torch_save, atomic_write_json
+from .storage import atomic_torch_save, atomic_write_json, staged_folder
 
 WEIGHTS = "weights.pt"
 SETTINGS = "settings.json"
@@ -144,22 +143,19 @@ def export_bundle(source: Path, destination: Path, half: bool = True) -> Path:
         raise BundleError(f"export to {destination}: it already exists; remove it or choose another folder")
     bundle = load_bundle(source)
     cohort = None if bundle.cohort_content is None else (bundle.cohort_subjects, bundle.cohort_content)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the destination and renamed into place: a stopped export leaves no half bundle.
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
-    save_bundle(
-        staging,
-        bundle.encoder,
-        bundle.decoder,
-        bundle.model,
-        bundle.preprocessing,
-        bundle.style_means,
-        extra=bundle.settings,
-        half=half,
-        cohort=cohort,
-    )
-    for name in EVALUATION_FILES:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, staging / name)
-    staging.rename(destination)
+    with staged_folder(destination) as staging:
+        save_bundle(
+            staging,
+            bundle.encoder,
+            bundle.decoder,
+            bundle.model,
+            bundle.preprocessing,
+            bundle.style_means,
+            extra=bundle.settings,
+            half=half,
+            cohort=cohort,
+        )
+        for name in EVALUATION_FILES:
+            if (source / name).is_file():
+                shutil.copyfile(source / name, staging / name)
     return destination

@@ -15,11 +15,20 @@ import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 
+from ..config import VIEWS, other_view
 from .bundle import Bundle
+from .networks import compose_latent
 from .preprocessing import preprocess_array
 
-VIEWS = ("T1w", "T2w")
-OTHER = {"T1w": "T2w", "T2w": "T1w"}
+
+def error_map(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """|prediction - target| inside the brain mask, zero outside it; (X, Y, Z) tensors, any mask dtype."""
+    return (prediction - target).abs() * (mask > 0.5)
+
+
+def cross_view_name(source: str, target: str) -> str:
+    """The name of a cross-view image: "T2w→T1w" is the T2w's content decoded with a T1w style."""
+    return f"{source}→{target}"
 
 
 @dataclass
@@ -47,7 +56,7 @@ def analyse_pair(
     given = {view: data for view, data in zip(VIEWS, (t1, t2)) if data is not None}
     if not given:
         raise ValueError("give at least one of the T1w and T2w volumes")
-    c = bundle.content_dim
+    model = bundle.model
     out = PairAnalysis()
     for view, (array, affine) in given.items():
         image, mask = preprocess_array(array, affine, bundle.preprocessing)
@@ -62,22 +71,24 @@ def analyse_pair(
     for view in given:
         out.reconstructions[view] = decode(out.latents[view], grid)
     for target in VIEWS:
-        source = OTHER[target]
+        source = other_view(target)
         if source not in given:
             continue
-        style = out.latents[target][c:] if target in given else bundle.style_means[target]
-        out.cross_view[target] = decode(torch.cat([out.latents[source][:c], style]), grid)
+        style = model.style(out.latents[target]) if target in given else bundle.style_means[target]
+        out.cross_view[target] = decode(compose_latent(model.content(out.latents[source]), style), grid)
     for view in given:
-        mask = out.masks[view] > 0.5
-        out.errors[f"{view} reconstruction"] = (out.reconstructions[view] - out.inputs[view]).abs() * mask
+        out.errors[f"{view} reconstruction"] = error_map(out.reconstructions[view], out.inputs[view], out.masks[view])
         if view in out.cross_view:
-            out.errors[f"{OTHER[view]}→{view}"] = (out.cross_view[view] - out.inputs[view]).abs() * mask
+            name = cross_view_name(other_view(view), view)
+            out.errors[name] = error_map(out.cross_view[view], out.inputs[view], out.masks[view])
     if len(given) == 2:
-        a, b = out.latents["T1w"], out.latents["T2w"]
-        out.content_cosine = F.cosine_similarity(a[:c], b[:c], dim=0).item()
-        out.style_distance = (a[c:] - b[c:]).norm().item()
+        (content_a, style_a), (content_b, style_b) = (
+            (model.content(out.latents[v]), model.style(out.latents[v])) for v in VIEWS
+        )
+        out.content_cosine = F.cosine_similarity(content_a, content_b, dim=0).item()
+        out.style_distance = (style_a - style_b).norm().item()
     if bundle.cohort_content is not None:
-        content = torch.stack([out.latents[v][:c] for v in given]).mean(0)
+        content = torch.stack([model.content(out.latents[v]) for v in given]).mean(0)
         similarity = F.cosine_similarity(bundle.cohort_content, content[None], dim=1)
         order = similarity.argsort(descending=True)[:n_nearest]
         out.nearest_cohort = [(bundle.cohort_subjects[i], similarity[i].item()) for i in order.tolist()]

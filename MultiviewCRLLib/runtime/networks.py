@@ -12,7 +12,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import ModelConfig
-from ..training.distributed import gather_rows, rank, world_size
 
 
 def _norm(channels: int, groups: int) -> tuple:
@@ -31,27 +30,14 @@ class EncoderStage(nn.Sequential):
         )
 
 
-class CrossRankBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm1d whose training statistics span the batches of all ranks (B, C) -> (B, C).
-
-    SyncBatchNorm needs a GPU; here the (small) pooled features of every rank are gathered, so a
-    distributed run normalises exactly like one process on the union batch.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or world_size() == 1:
-            return super().forward(x)
-        start = rank() * len(x)
-        return super().forward(gather_rows(x))[start : start + len(x)]
-
-
 class Encoder(nn.Module):
     """(B, 1, X, Y, Z) -> (B, latent_dim). Ends in a linear layer, so the latent can be negative.
 
     The pooled features of different brains share a large common component (cosine >= 0.99
     between subjects at initialisation), which let the first optimiser steps collapse every
     embedding onto one direction and stalled the contrastive loss at chance. A BatchNorm over the
-    pooled features removes that component before the linear head.
+    pooled features removes that component before the linear head (a distributed trainer makes its
+    statistics span every rank).
     """
 
     def __init__(self, config: ModelConfig):
@@ -64,7 +50,7 @@ class Encoder(nn.Module):
             )
         )
         self.pool = nn.AdaptiveAvgPool3d(1)
-        self.center = CrossRankBatchNorm1d(channels[-1])
+        self.center = nn.BatchNorm1d(channels[-1])
         self.head = nn.Linear(channels[-1], config.latent_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,6 +104,12 @@ class Decoder(nn.Module):
         x = F.relu(self.fc(z)).view(z.shape[0], self.start_channels, *self.start_shape)
         x = self.refine(self.stages(x))
         return F.interpolate(x, size=self.output_shape, mode="trilinear", align_corners=False)
+
+
+def compose_latent(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    """One latent (..., latent_dim) from a content block and a style block, e.g. cross-view synthesis:
+    the content of one view with the style of another."""
+    return torch.cat([content, style.expand(*content.shape[:-1], style.shape[-1])], dim=-1)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -30,6 +30,7 @@ from monai.transforms import (
 )
 
 from ..config import PreprocessingConfig
+from .storage import nifti_image
 
 
 def mask_key(key: Hashable) -> str:
@@ -140,9 +141,4 @@ def to_array_affine(volume: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 def to_nifti(volume: torch.Tensor) -> nib.Nifti1Image:
     """A model-space MetaTensor as a NIfTI image on the model grid (RAS affine in qform and sform)."""
-    array, affine = to_array_affine(volume)
-    img = nib.Nifti1Image(array, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units("mm", "sec")
-    return img
+    return nifti_image(*to_array_affine(volume))

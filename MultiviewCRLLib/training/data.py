@@ -12,13 +12,11 @@ from monai.transforms import Compose, RandAffined, RandScaleIntensityd, RandShif
 from monai.utils import convert_to_tensor
 from torch.utils.data import default_collate
 
-from ..config import PreprocessingConfig
+from ..config import VIEW_KEYS, PreprocessingConfig
 from .discovery import Pair
 from ..runtime.preprocessing import file_transforms, mask_key
 from ..runtime.storage import atomic_write_tsv
 
-VIEW_KEYS = ("t1", "t2")
-VIEW_NAMES = {"t1": "T1w", "t2": "T2w"}  # dataset keys -> BIDS suffixes
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 

@@ -16,9 +16,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..config import VIEWS
 from ..runtime.storage import atomic_write_tsv
 
-DEFAULT_VIEWS = ("T1w", "T2w")
+DEFAULT_VIEWS = VIEWS
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 

@@ -29,19 +29,38 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x))
 
 
+class CrossRankBatchNorm1d(torch.nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics span the batches of all ranks (B, C) -> (B, C).
+
+    SyncBatchNorm needs a GPU; here the (small) pooled features of every rank are gathered, so a
+    distributed run normalises exactly like one process on the union batch.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or world_size() == 1:
+            return super().forward(x)
+        start = rank() * len(x)
+        return super().forward(gather_rows(x))[start : start + len(x)]
+
+
+def cross_rank_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with every BatchNorm1d made a CrossRankBatchNorm1d in place.
+
+    The counterpart of ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``, which needs a GPU. The
+    subclass adds no state, so parameters (and an optimizer holding them) stay the same objects.
+    """
+    for child in module.modules():
+        if type(child) is torch.nn.BatchNorm1d:
+            child.__class__ = CrossRankBatchNorm1d
+    return module
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
 def is_main() -> bool:
     return rank() == 0
-
-
-def local_device(device: str) -> str:
-    """``auto``/``cuda`` mean this rank's own GPU under torchrun."""
-    if dist.is_initialized() and torch.cuda.is_available() and device in ("auto", "cuda"):
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return device
 
 
 def broadcast(value):

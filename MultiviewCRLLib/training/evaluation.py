@@ -10,14 +10,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import product
 
 import numpy as np
 import torch
 from monai.metrics import PSNRMetric
 from monai.metrics.regression import compute_ssim_and_cs
+from tqdm import tqdm
 
+from ..config import (
+    LATENT_BLOCKS,
+    VIEW_KEYS,
+    VIEW_NAMES,
+    image_key,
+    other_view,
+    r2_key,
+    retrieval_key,
+    split_latent,
+    view_accuracy_key,
+)
 from ..runtime.bundle import Bundle
-from .data import VIEW_KEYS, VIEW_NAMES, paired_dataset, plain_collate
+from ..runtime.networks import compose_latent
+from .data import paired_dataset, plain_collate
 from .discovery import Pair
 
 KERNEL_RIDGE_GRID = {"alpha": [1.0, 0.1, 0.01, 0.001], "gamma": np.logspace(-2, 2, 4).tolist()}
@@ -167,16 +181,15 @@ def image_quality(bundle: Bundle, encoded: Encoded, images: list[dict], device) 
 
     Returns the metrics and, per subject, the decoded volumes for the report.
     """
-    c = bundle.content_dim
+    model = bundle.model
     z = {key: torch.from_numpy(getattr(encoded, key)) for key in VIEW_KEYS}
-    mean_style = {key: bundle.style_means[VIEW_NAMES[key]].expand(len(z[key]), -1) for key in VIEW_KEYS}
-    other = {"t1": "t2", "t2": "t1"}
     latents = {}
     for key in VIEW_KEYS:
         latents[f"recon_{key}"] = z[key]
         # Target view `key` from the other view's anatomy: content of the other view + style of this one.
-        latents[f"cross_{key}"] = torch.cat([z[other[key]][:, :c], z[key][:, c:]], 1)
-        latents[f"cross_meanstyle_{key}"] = torch.cat([z[other[key]][:, :c], mean_style[key]], 1)
+        source_content = model.content(z[other_view(key)])
+        latents[f"cross_{key}"] = compose_latent(source_content, model.style(z[key]))
+        latents[f"cross_meanstyle_{key}"] = compose_latent(source_content, bundle.style_means[VIEW_NAMES[key]])
     decoded = {
         name: torch.cat([bundle.decoder(lat[i : i + 8].to(device)).float().cpu() for i in range(0, len(lat), 8)])[:, 0]
         for name, lat in latents.items()
@@ -195,14 +208,14 @@ def image_quality(bundle: Bundle, encoded: Encoded, images: list[dict], device) 
     for name, values in scores.items():
         kind, key = name.rsplit("_", 1)
         text = described[kind].format(v=VIEW_NAMES[key])
-        metrics[f"psnr_{name}"] = metric(
+        metrics[image_key("psnr", kind, key)] = metric(
             np.mean([v[0] for v in values]), f"PSNR (dB) inside the brain mask, [0,1] range: {text}"
         )
-        metrics[f"ssim_{name}"] = metric(
+        metrics[image_key("ssim", kind, key)] = metric(
             np.mean([v[1] for v in values]), f"SSIM inside the brain mask, [0,1] range: {text}"
         )
     for key in VIEW_KEYS:
-        gap = metrics[f"psnr_recon_{key}"]["value"] - metrics[f"psnr_cross_{key}"]["value"]
+        gap = metrics[image_key("psnr", "recon", key)]["value"] - metrics[image_key("psnr", "cross", key)]["value"]
         metrics[f"psnr_gap_cross_{key}"] = metric(
             gap, f"self-reconstruction PSNR minus cross-view PSNR for {VIEW_NAMES[key]} (dB)"
         )
@@ -225,20 +238,20 @@ def factor_matrix(pairs: list[Pair], names: list[str]) -> np.ndarray:
     return np.array([[float(p.labels[n]) for n in names] for p in pairs])
 
 
-def representation_metrics(val: Encoded, test: Encoded, content_dim: int, seed: int = 0) -> dict:
-    """Probes, view accuracy, retrieval and DCI for one encoder's latents."""
-    blocks = {"content": slice(0, content_dim), "style": slice(content_dim, None), "full": slice(None)}
+def representation_metrics(val: Encoded, test: Encoded, content_dim: int, seed: int = 0, label: str = "") -> dict:
+    """Probes, view accuracy, retrieval and DCI for one encoder's latents (``label`` names the progress bar)."""
+    blocks = dict(zip(LATENT_BLOCKS, (slice(0, content_dim), slice(content_dim, None), slice(None))))
     out: dict = {}
     for view in VIEW_KEYS:
-        q, k = getattr(test, view)[:, :content_dim], getattr(test, "t2" if view == "t1" else "t1")[:, :content_dim]
-        other = "T2w" if view == "t1" else "T1w"
+        q, k = (split_latent(getattr(test, v), content_dim)[0] for v in (view, other_view(view)))
+        other = VIEW_NAMES[other_view(view)]
         for top in (1, 5):
-            out[f"retrieval_top{top}_{VIEW_NAMES[view]}_to_{other}"] = metric(
+            out[retrieval_key(top, VIEW_NAMES[view], other)] = metric(
                 retrieval_at_k(q, k, top),
                 f"content cosine retrieval of the subject's {other} among test subjects, top-{top} (chance {top}/{len(q)})",
             )
     for block, cols in blocks.items():
-        out[f"view_accuracy_{block}"] = metric(
+        out[view_accuracy_key(block)] = metric(
             view_accuracy((val.t1[:, cols], val.t2[:, cols]), (test.t1[:, cols], test.t2[:, cols])),
             f"LogisticRegression accuracy telling T1w from T2w on the {block} block (chance 0.5)",
         )
@@ -247,24 +260,25 @@ def representation_metrics(val: Encoded, test: Encoded, content_dim: int, seed: 
         return out | real_cohort_metrics(test, content_dim)
     rng = np.random.default_rng(seed)
     per_factor: dict = {}
-    for block, cols in blocks.items():
-        for view in VIEW_KEYS:
-            x_val, x_test = getattr(val, view)[:, cols], getattr(test, view)[:, cols]
-            for group, names in groups.items():
-                y_val, y_test = factor_matrix(val.pairs, names), factor_matrix(test.pairs, names)
-                for j, name in enumerate(names):
-                    per_factor[(block, view, name)] = probe_r2(x_val, y_val[:, j], x_test, y_test[:, j])
-            if block == "content":
-                names = groups["content"]
-                y_val = factor_matrix(val.pairs, names)
-                shuffled = factor_matrix(test.pairs, names)[rng.permutation(len(test.pairs))]
-                control = [
-                    probe_r2(x_val, y_val[:, j], x_test, shuffled[:, j])["kernel_ridge"] for j in range(len(names))
-                ]
-                out[f"control_permuted_content_r2_{VIEW_NAMES[view]}"] = metric(
-                    float(np.mean(control)),
-                    "kernel-ridge R² of content -> content factors shuffled across test subjects (must collapse)",
-                )
+    for (block, cols), view in tqdm(
+        list(product(blocks.items(), VIEW_KEYS)), desc=f"probes, {label}", unit="block", leave=False
+    ):
+        x_val, x_test = getattr(val, view)[:, cols], getattr(test, view)[:, cols]
+        for group, names in groups.items():
+            y_val, y_test = factor_matrix(val.pairs, names), factor_matrix(test.pairs, names)
+            for j, name in enumerate(names):
+                per_factor[(block, view, name)] = probe_r2(x_val, y_val[:, j], x_test, y_test[:, j])
+        if block == "content":
+            names = groups["content"]
+            y_val = factor_matrix(val.pairs, names)
+            shuffled = factor_matrix(test.pairs, names)[rng.permutation(len(test.pairs))]
+            control = [
+                probe_r2(x_val, y_val[:, j], x_test, shuffled[:, j])["kernel_ridge"] for j in range(len(names))
+            ]
+            out[f"control_permuted_content_r2_{VIEW_NAMES[view]}"] = metric(
+                float(np.mean(control)),
+                "kernel-ridge R² of content -> content factors shuffled across test subjects (must collapse)",
+            )
     for (block, view, name), r2 in per_factor.items():
         for kind, value in r2.items():
             out[f"r2_{kind}_{block}_{VIEW_NAMES[view]}_{name}"] = metric(
@@ -281,12 +295,12 @@ def representation_metrics(val: Encoded, test: Encoded, content_dim: int, seed: 
     for block in blocks:
         for kind in ("linear", "kernel_ridge"):
             content_scores = [per_factor[(block, v, n)][kind] for v in VIEW_KEYS for n in groups["content"]]
-            out[f"r2_{kind}_{block}_to_content"] = metric(
+            out[r2_key(kind, block, "content")] = metric(
                 float(np.mean(content_scores)),
                 f"mean {kind} R² of the content factors from the {block} block (both views)",
             )
             own = [per_factor[(block, v, n)][kind] for v in VIEW_KEYS for n in counted_style[v]]
-            out[f"r2_{kind}_{block}_to_own_style"] = metric(
+            out[r2_key(kind, block, "own_style")] = metric(
                 float(np.mean(own)),
                 f"mean {kind} R² of the view's own style factors (gain excluded) from the {block} block",
             )
@@ -296,7 +310,7 @@ def representation_metrics(val: Encoded, test: Encoded, content_dim: int, seed: 
                 for g in ("style_T1w", "style_T2w")
                 for n in groups[g]
             ]
-            out[f"r2_{kind}_{block}_to_style"] = metric(
+            out[r2_key(kind, block, "style")] = metric(
                 float(np.mean(any_style)), f"mean {kind} R² of all style factors (both views) from the {block} block"
             )
     out["style_factors_counted"] = {
@@ -313,7 +327,8 @@ def representation_metrics(val: Encoded, test: Encoded, content_dim: int, seed: 
 
 def real_cohort_metrics(test: Encoded, content_dim: int) -> dict:
     """Without generating factors: cross-view content agreement and style -> subject retrieval."""
-    sim = cosine(test.t1[:, :content_dim], test.t2[:, :content_dim])
+    (content_t1, style_t1), (content_t2, style_t2) = (split_latent(z, content_dim) for z in (test.t1, test.t2))
+    sim = cosine(content_t1, content_t2)
     off_diagonal = sim[~np.eye(len(sim), dtype=bool)]
     return {
         "content_cosine_same_subject": metric(
@@ -323,7 +338,7 @@ def real_cohort_metrics(test: Encoded, content_dim: int) -> dict:
             float(np.mean(off_diagonal)), "mean content cosine between different subjects' T1w and T2w"
         ),
         "style_subject_retrieval_top1": metric(
-            retrieval_at_k(test.t1[:, content_dim:], test.t2[:, content_dim:], 1),
+            retrieval_at_k(style_t1, style_t2, 1),
             f"style cosine retrieval of the subject's T2w from its T1w (target: chance 1/{len(sim)})",
         ),
     }
@@ -341,7 +356,7 @@ def evaluate(bundle: Bundle, val_pairs: list[Pair], test_pairs: list[Pair], cach
     bundle.decoder.to(device).eval()
     val = encode(bundle.encoder, val_pairs, prep, cache_root, device)
     test, images = encode(bundle.encoder, test_pairs, prep, cache_root, device, with_images=True)
-    metrics = {"trained": representation_metrics(val, test, bundle.content_dim, seed)}
+    metrics = {"trained": representation_metrics(val, test, bundle.content_dim, seed, "trained")}
     image_metrics, decoded = image_quality(bundle, test, images, device)
     metrics["trained"].update(image_metrics)
     torch.manual_seed(seed)
@@ -351,6 +366,7 @@ def evaluate(bundle: Bundle, val_pairs: list[Pair], test_pairs: list[Pair], cach
         encode(untrained, test_pairs, prep, cache_root, device),
         bundle.content_dim,
         seed,
+        "untrained",
     )
     metrics["subjects"] = {"val": len(val_pairs), "test": len(test_pairs)}
     return metrics, {"images": images, "decoded": decoded, "subjects": [p.key for p in test_pairs]}

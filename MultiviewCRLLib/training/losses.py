@@ -6,13 +6,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..config import split_latent
+
 
 def content_logits(z1: torch.Tensor, z2: torch.Tensor, content_dim: int, tau: float) -> torch.Tensor:
     """Cosine similarities / tau among all 2B content embeddings, self-pairs set to -inf: (2B, 2B).
 
     Rows 0..B-1 are view 1, rows B..2B-1 view 2; the positive of row i is row (i + B) mod 2B.
     """
-    content = F.normalize(torch.cat([z1[:, :content_dim], z2[:, :content_dim]]).float(), dim=1)
+    content = F.normalize(torch.cat([split_latent(z, content_dim)[0] for z in (z1, z2)]).float(), dim=1)
     logits = content @ content.T / tau
     return logits.masked_fill(torch.eye(len(logits), dtype=torch.bool, device=logits.device), float("-inf"))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .synthetic import VIEWS
+from ..config import VIEWS
 
 
 def mid_slices(path: Path) -> list[np.ndarray]:

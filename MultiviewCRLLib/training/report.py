@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import image_key, r2_key, retrieval_key, view_accuracy_key
+from ..runtime.inference import error_map
+
 COLUMNS = [
     ("T1w", "image", "t1"),
     ("T2w", "image", "t2"),
@@ -17,12 +20,41 @@ COLUMNS = [
     ("|T2w − T1w→T2w|", "error", "t2"),
 ]
 BARS = [
-    ("content → content", "r2_kernel_ridge_content_to_content"),
-    ("content → style", "r2_kernel_ridge_content_to_style"),
-    ("style → own style", "r2_kernel_ridge_style_to_own_style"),
-    ("style → content", "r2_kernel_ridge_style_to_content"),
-    ("full → content", "r2_kernel_ridge_full_to_content"),
+    (f"{block} → {target.replace('_', ' ')}", r2_key("kernel_ridge", block, target))
+    for block, target in (
+        ("content", "content"),
+        ("content", "style"),
+        ("style", "own_style"),
+        ("style", "content"),
+        ("full", "content"),
+    )
 ]
+
+
+HEADLINE = [
+    ("retrieval top-1, T1w→T2w", retrieval_key(1, "T1w", "T2w")),
+    ("retrieval top-1, T2w→T1w", retrieval_key(1, "T2w", "T1w")),
+    ("kernel-ridge R², content → content factors", r2_key("kernel_ridge", "content", "content")),
+    ("kernel-ridge R², content → style factors", r2_key("kernel_ridge", "content", "style")),
+    ("kernel-ridge R², style → own style factors", r2_key("kernel_ridge", "style", "own_style")),
+    ("view accuracy from content (chance 0.5)", view_accuracy_key("content")),
+    ("PSNR self-reconstruction T1w / T2w (dB)", (image_key("psnr", "recon", "t1"), image_key("psnr", "recon", "t2"))),
+    ("PSNR cross-view T1w / T2w (dB)", (image_key("psnr", "cross", "t1"), image_key("psnr", "cross", "t2"))),
+]
+
+
+def headline_table(metrics: dict) -> str:
+    """The evaluation's headline figures beside the untrained encoder's, as plain-text rows."""
+
+    def value(group: str, keys) -> str:
+        found = [metrics.get(group, {}).get(key, {}).get("value") for key in ([keys] if isinstance(keys, str) else keys)]
+        return " / ".join("—" if v is None else f"{v:.3f}" for v in found)
+
+    rows = [(label, value("trained", keys), value("untrained_baseline", keys)) for label, keys in HEADLINE]
+    width = max(len(label) for label, _, _ in rows)
+    lines = [f"{'figure (test split)':<{width}}  {'trained':>15}  {'untrained':>15}"]
+    lines += [f"{label:<{width}}  {a:>15}  {b:>15}" for label, a, b in rows]
+    return "\n".join(lines)
 
 
 def _axial(volume) -> np.ndarray:
@@ -50,7 +82,7 @@ def write_report(metrics: dict, material: dict, training_rows: list[dict], out_p
                     _axial(decoded[key] * images[f"mask_{key[-2:]}"]), cmap="gray", origin="lower", vmin=-2.5, vmax=2.5
                 )
             else:
-                error = (decoded[f"cross_{key}"] - images[key]).abs() * images[f"mask_{key}"]
+                error = error_map(decoded[f"cross_{key}"], images[key], images[f"mask_{key}"])
                 ax.imshow(_axial(error), cmap="magma", origin="lower", vmin=0, vmax=2.0)
             ax.set_xticks([])
             ax.set_yticks([])

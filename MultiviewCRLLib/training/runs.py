@@ -6,21 +6,21 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from . import distributed
-from ..config import PRESETS, CohortConfig
+from ..config import PRESETS, VIEWS, CohortConfig
 from .data import assign_splits, read_splits, write_splits
 from .discovery import DiscoveryReport, discover
-from ..runtime.storage import atomic_write_json
+from ..runtime.storage import atomic_write_json, probe_writable
 from .synthetic import generate_cohort
+from .report import headline_table
 from .trainer import Trainer, latest_checkpoint, write_bundle
 
 MIN_EVALUATION_SUBJECTS = 4
+DEFAULT_DATA_ROOT = Path("data")
 
 
 class RunError(RuntimeError):
@@ -34,11 +34,11 @@ class RunRequest:
     dataset: str | None = None
     t1_pattern: str | None = None
     t2_pattern: str | None = None
-    views: tuple[str, str] = ("T1w", "T2w")
+    views: tuple[str, str] = VIEWS
     train_overrides: dict = field(default_factory=dict)
     model_id: str | None = None
     results: Path = Path("results")
-    data_root: Path = Path("data")
+    data_root: Path | None = None  # synthetic cohort and preprocessing cache; None: ./data, or a resumed run's
     cache_root: Path | None = None
     seed: int = 0
     device: str = "auto"
@@ -53,7 +53,7 @@ def synthetic_cohort(data_root: Path, cohort: CohortConfig) -> Path:
     folder = Path(data_root) / f"synthetic-n{cohort.subjects}-s{cohort.seed}-{cohort.spacing_mm:g}mm"
     if not (folder / "participants.tsv").is_file():
         print(f"building the synthetic cohort ({cohort.subjects} subjects at {cohort.spacing_mm:g} mm) in {folder}")
-        generate_cohort(folder, cohort.subjects, cohort.seed, cohort.spacing_mm)
+        generate_cohort(folder, cohort.subjects, cohort.seed, cohort.spacing_mm, show_progress=True)
     return folder
 
 
@@ -77,21 +77,13 @@ def new_run_dir(results: Path, dataset: str, model_id: str | None, preset: str) 
     return run_dir
 
 
-def probe_writable(folder: Path) -> None:
-    """Write and remove a small file: permission bits say nothing for root or a full disk."""
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-") as f:
-        f.write(b"\0" * 4096)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def discover_data(request: RunRequest) -> tuple[DiscoveryReport, str, dict]:
     """The discovery report, the dataset name and a description of the source for settings.json."""
     if request.source is None:
         cohort = PRESETS[request.preset].cohort
         if request.synthetic_subjects:
             cohort = replace(cohort, subjects=request.synthetic_subjects)
-        source = synthetic_cohort(request.data_root, cohort)
+        source = synthetic_cohort(data_root_of(request), cohort)
         dataset = request.dataset or "synthetic"
     else:
         source = Path(request.source)
@@ -126,6 +118,8 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
             t1_pattern=data["t1_pattern"],
             t2_pattern=data["t2_pattern"],
             seed=settings["seed"],
+            # The cache the run filled, unless another is asked for.
+            data_root=request.data_root or Path(settings.get("data_root", DEFAULT_DATA_ROOT)),
             train_overrides={**settings["train"], **request.train_overrides},
         )
     preset = PRESETS[request.preset]
@@ -160,6 +154,7 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
         "preprocessing": preset.preprocessing.to_dict(),
         "train": asdict(train_config),
         "data": described,
+        "data_root": str(data_root_of(request).resolve()),
     }
     atomic_write_json(run_dir / "settings.json", settings)
     by_split = split_pairs(report, splits)
@@ -179,7 +174,7 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
     )
     evaluated = min(len(by_split["val"]), len(by_split["test"])) >= MIN_EVALUATION_SUBJECTS
     if evaluated:
-        evaluate_run(run_dir, cache_root, trainer.device, by_split)
+        metrics = evaluate_run(run_dir, cache_root, trainer.device, by_split)
     else:
         print(f"notice: evaluation skipped; it needs {MIN_EVALUATION_SUBJECTS} validation and test subjects each")
     print(f"run folder: {run_dir}")
@@ -189,6 +184,7 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
     print(f"  model bundle: {bundle}")
     if evaluated:
         print(f"  evaluation: {run_dir / 'metrics.json'} and {run_dir / 'report.png'} (copied into the bundle)")
+        print(f"\n{headline_table(metrics)}\n\npicture of inputs, reconstructions and cross-view images: {run_dir / 'report.png'}")
     distributed.barrier()
     return run_dir
 
@@ -198,7 +194,11 @@ def split_pairs(report: DiscoveryReport, splits: dict[str, str]) -> dict[str, li
 
 
 def cache_root_of(request: RunRequest) -> Path:
-    return request.cache_root or Path(request.data_root) / "cache"
+    return request.cache_root or data_root_of(request) / "cache"
+
+
+def data_root_of(request: RunRequest) -> Path:
+    return Path(request.data_root or DEFAULT_DATA_ROOT)
 
 
 def make_trainer(request: RunRequest, preset, train_config, run_dir: Path, by_split: dict) -> Trainer:
@@ -210,7 +210,7 @@ def make_trainer(request: RunRequest, preset, train_config, run_dir: Path, by_sp
         by_split["train"],
         (by_split["val"] or by_split["train"])[0],
         seed=request.seed,
-        device=distributed.local_device(request.device),
+        device=request.device,
         num_workers=request.num_workers,
         cache_root=cache_root_of(request),
     )
@@ -255,7 +255,7 @@ def evaluate_run(run_dir: Path, cache_root: Path | None = None, device="cpu", by
             f"{run_dir}: evaluation needs at least {MIN_EVALUATION_SUBJECTS} validation and test subjects each"
         )
     bundle = load_bundle(run_dir / "bundle", device)
-    cache_root = cache_root or Path("data") / "cache"
+    cache_root = cache_root or Path(settings.get("data_root", DEFAULT_DATA_ROOT)) / "cache"
     metrics, material = evaluate(bundle, by_split["val"], by_split["test"], cache_root, device, settings["seed"])
     rows = read_training_csv(run_dir / "Training.csv")
     for folder in (run_dir, run_dir / "bundle"):

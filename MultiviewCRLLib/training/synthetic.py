@@ -21,9 +21,7 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +31,11 @@ import numpy as np
 from scipy import ndimage
 from scipy.stats import qmc
 
-from .data import split_subjects
+from tqdm import tqdm
 
-VIEWS = ("T1w", "T2w")
+from ..config import VIEWS
+from ..runtime.storage import nifti_image, probe_writable, staged_folder
+from .data import split_subjects
 
 # BrainWeb 1.5 T tissue parameters (Kwan et al., IEEE TMI 1999): T1 ms, T2 ms, PD.
 # The lesion row is a chronic white-matter lesion: longer T1 and T2 than white matter, so it is
@@ -328,11 +328,7 @@ def _generate_subject(job: tuple[int, int, str, dict[str, float], str]) -> dict[
 
 
 def _save(volume: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    img = nib.Nifti1Image(volume, affine)
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    nib.save(img, path)
+    nib.save(nifti_image(volume, affine), path)
 
 
 def _participants_sidecar() -> dict:
@@ -357,27 +353,31 @@ def _participants_sidecar() -> dict:
 
 
 def generate_cohort(
-    out_dir: Path, n_subjects: int, seed: int = 0, spacing_mm: float = 1.0, workers: int | None = None
+    out_dir: Path,
+    n_subjects: int,
+    seed: int = 0,
+    spacing_mm: float = 1.0,
+    workers: int | None = None,
+    show_progress: bool = False,
 ) -> Path:
     """Write a complete BIDS dataset of ``n_subjects`` paired T1w/T2w subjects into ``out_dir``.
 
     The dataset is written to a temporary sibling folder and moved into place only when complete,
-    so an interrupted run never leaves a half-written cohort behind.
+    so an interrupted run never leaves a half-written cohort behind. ``show_progress``: a progress bar.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir, replace=True) as staging:
         designs = draw_design(n_subjects, seed)
         subjects = [f"sub-{i + 1:04d}" for i in range(n_subjects)]
         jobs = [(i, seed, subjects[i], designs[i], str(staging)) for i in range(n_subjects)]
         workers = workers or min(os.cpu_count() or 1, n_subjects)
+        progress = {"total": n_subjects, "desc": "synthetic cohort", "unit": "subject", "disable": not show_progress}
         if workers > 1:
             with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(spacing_mm,)) as pool:
-                rows = list(pool.map(_generate_subject, jobs))
+                rows = list(tqdm(pool.map(_generate_subject, jobs), **progress))
         else:
             _init_worker(spacing_mm)
-            rows = [_generate_subject(job) for job in jobs]
+            rows = [_generate_subject(job) for job in tqdm(jobs, **progress)]
         splits = split_subjects(subjects, seed)
         content, style = factor_names()
         columns = content + style["T1w"] + style["T2w"]
@@ -409,24 +409,7 @@ def generate_cohort(
             "GeneratedBy": [{"Name": "MultiviewCRLLib.training.synthetic"}],
         }
         (seg_root / "dataset_description.json").write_text(json.dumps(seg_description, indent=2) + "\n")
-        staging.chmod(0o777 & ~_umask())
-        if out_dir.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            out_dir.rename(retired / out_dir.name)
-            staging.rename(out_dir)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _check_output(parser: argparse.ArgumentParser, out_dir: Path, overwrite: bool) -> None:
@@ -440,8 +423,8 @@ def _check_output(parser: argparse.ArgumentParser, out_dir: Path, overwrite: boo
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         parser.error(f"--out {out_dir}: {ancestor} is not a folder")
-    try:  # a real write probe: permission bits say nothing for root or read-only file systems
-        tempfile.TemporaryDirectory(dir=ancestor).cleanup()
+    try:
+        probe_writable(ancestor)
     except OSError as err:
         parser.error(f"--out {out_dir}: cannot write in {ancestor} ({err.strerror})")
 
@@ -468,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seed must be non-negative, got {args.seed}")
     _check_output(parser, args.out, args.overwrite)
     try:
-        generate_cohort(args.out, args.subjects, args.seed, args.spacing, args.workers)
+        generate_cohort(args.out, args.subjects, args.seed, args.spacing, args.workers, show_progress=True)
     except OSError as err:
         print(f"error: could not write the cohort to {args.out}: {err}", file=sys.stderr)
         return 2

@@ -30,11 +30,13 @@ from tqdm import tqdm
 
 from ..runtime.bundle import save_bundle
 from ..config import ModelConfig, PreprocessingConfig, TrainConfig
-from .data import VIEW_KEYS, VIEW_NAMES, paired_dataset, plain_collate
+from ..config import VIEW_KEYS, VIEW_NAMES
+from .data import paired_dataset, plain_collate
 from .discovery import Pair
-from .distributed import gather_rows, rank, world_size
+from .distributed import cross_rank_batchnorm, gather_rows, rank, world_size
 from .evaluation import encode
 from .losses import BaurLoss, ContentInfoNCE, retrieval_top1
+from ..runtime.device import select_device
 from ..runtime.networks import Decoder, Encoder
 from ..runtime.preprocessing import file_transforms, to_nifti
 from ..runtime.storage import atomic_save_nifti, atomic_torch_save, atomic_write_bytes
@@ -84,14 +86,6 @@ class TrainedModel:
     encoder: Encoder
     decoder: Decoder
     step: int
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
 
 
 def checksum_path(checkpoint: Path) -> Path:
@@ -189,6 +183,7 @@ class Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
+            cross_rank_batchnorm(self.encoder)  # batch statistics over the union batch
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.encoder = DistributedDataParallel(self.encoder, device_ids=ids)
             self.decoder = DistributedDataParallel(self.decoder, device_ids=ids)
@@ -426,9 +421,8 @@ def write_bundle(
     """A bundle whose cohort style means and content embeddings come from the training subjects."""
     encoded = encode(trained.encoder, cohort_pairs, preprocessing, cache_root, device)
     latents = {key: torch.from_numpy(getattr(encoded, key)) for key in VIEW_KEYS}
-    c = model.content_dim
-    style_means = {VIEW_NAMES[key]: z[:, c:].mean(0) for key, z in latents.items()}
-    content = (latents["t1"][:, :c] + latents["t2"][:, :c]) / 2
+    style_means = {VIEW_NAMES[key]: model.style(z).mean(0) for key, z in latents.items()}
+    content = sum(model.content(z) for z in latents.values()) / len(latents)
     cohort = ([p.key for p in cohort_pairs], content)
     return save_bundle(
         folder, trained.encoder, trained.decoder, model, preprocessing, style_means, extra, cohort=cohort

@@ -11,7 +11,7 @@ import slicer.util
 from conftest import volume_path
 
 from MultiviewCRLLib.runtime.bundle import EVALUATION_FILES, load_bundle
-from MultiviewCRLLib.config import PRESETS
+from MultiviewCRLLib.config import PRESETS, image_key, r2_key, retrieval_key
 from MultiviewCRLLib.slicer_nodes import analyse_nodes, read_volume_node
 
 DEMO_MODEL = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "demo"
@@ -39,7 +39,7 @@ def test_carries_its_evaluation_on_at_least_50_test_subjects():
     metrics = json.loads((DEMO_MODEL / "metrics.json").read_text())
     assert metrics["subjects"]["test"] >= 50
     trained = metrics["trained"]
-    for key in ("retrieval_top1_T1w_to_T2w", "r2_kernel_ridge_content_to_content", "psnr_cross_t1"):
+    for key in (retrieval_key(1, "T1w", "T2w"), r2_key("kernel_ridge", "content", "content"), image_key("psnr", "cross", "t1")):
         assert np.isfinite(trained[key]["value"])
 
 

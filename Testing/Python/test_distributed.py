@@ -92,7 +92,8 @@ def test_torchrun_launch_writes_one_run_from_rank_zero(tiny_run_and_request, tmp
     ]
     command += [str(root / "trainer_cli.py"), "--preset", "tiny", "--batch-size", "2", "--train-steps", "10"]
     command += ["--results", str(tmp_path / "results"), "--data-root", str(request.data_root), "--model-id", "ddp"]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # torchrun's own scratch folders stay in the test's folder
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert [p.name for p in (tmp_path / "results" / "synthetic").iterdir()] == ["ddp"]
     run_dir = tmp_path / "results" / "synthetic" / "ddp"

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from MultiviewCRLLib.config import image_key, r2_key, retrieval_key, view_accuracy_key
 from MultiviewCRLLib.training.evaluation import dci, probe_r2, psnr_ssim, retrieval_at_k, view_accuracy
 
 
@@ -69,28 +70,28 @@ def test_run_metrics_json_is_complete(tiny_run_dir):
     assert (tiny_run_dir / "bundle" / "metrics.json").is_file() and (tiny_run_dir / "bundle" / "report.png").is_file()
     trained, baseline = metrics["trained"], metrics["untrained_baseline"]
     expected = [
-        "retrieval_top1_T1w_to_T2w",
-        "retrieval_top5_T2w_to_T1w",
-        "view_accuracy_content",
-        "view_accuracy_style",
+        retrieval_key(1, "T1w", "T2w"),
+        retrieval_key(5, "T2w", "T1w"),
+        view_accuracy_key("content"),
+        view_accuracy_key("style"),
         "control_permuted_content_r2_T1w",
-        "r2_kernel_ridge_content_to_content",
-        "r2_linear_content_to_style",
-        "r2_kernel_ridge_style_to_own_style",
+        r2_key("kernel_ridge", "content", "content"),
+        r2_key("linear", "content", "style"),
+        r2_key("kernel_ridge", "style", "own_style"),
         "r2_kernel_ridge_content_T1w_brain_scale",
         "dci_disentanglement",
         "dci_informativeness_r2",
-        "psnr_recon_t1",
-        "ssim_recon_t2",
-        "psnr_cross_t2",
-        "psnr_cross_meanstyle_t1",
+        image_key("psnr", "recon", "t1"),
+        image_key("ssim", "recon", "t2"),
+        image_key("psnr", "cross", "t2"),
+        image_key("psnr", "cross_meanstyle", "t1"),
         "psnr_gap_cross_t2",
     ]
     for key in expected:
         assert {"value", "definition", "split"} <= set(trained[key]), key
         assert trained[key]["split"] == "test" and trained[key]["definition"]
-    assert "psnr_recon_t1" not in baseline and "r2_kernel_ridge_content_to_content" in baseline
+    assert image_key("psnr", "recon", "t1") not in baseline and r2_key("kernel_ridge", "content", "content") in baseline
     assert trained["style_factors_counted"]["T1w"] and all(
         "gain" not in n for n in trained["style_factors_counted"]["T1w"]
     )
-    assert 0.0 <= trained["retrieval_top1_T1w_to_T2w"]["value"] <= 1.0
+    assert 0.0 <= trained[retrieval_key(1, "T1w", "T2w")]["value"] <= 1.0

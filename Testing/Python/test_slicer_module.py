@@ -70,7 +70,12 @@ def test_cmake_lists_every_library_file_and_resource():
     present = {str(p.relative_to(ROOT)) for p in (ROOT / "MultiviewCRLLib").rglob("*.py")}
     assert listed == present
     resources = set(re.findall(r"^\s+(Resources/\S+)$", cmake, re.M))
-    shipped = {str(p.relative_to(ROOT)) for p in (ROOT / "Resources" / "Models").rglob("*") if p.is_file()}
+    shipped = {
+        str(p.relative_to(ROOT))
+        for folder in ("Models", "TestData")
+        for p in (ROOT / "Resources" / folder).rglob("*")
+        if p.is_file()
+    }
     assert shipped and shipped <= resources
     for needed in ("project(MultiviewCRL)", 'EXTENSION_DEPENDS "PyTorch"', "trainer_cli.py", "WITH_GENERIC_TESTS"):
         assert needed in cmake

@@ -8,11 +8,14 @@ import slicer.util
 import torch
 from conftest import volume_path
 
-from MultiviewCRLLib.runtime.bundle import load_bundle, save_bundle
+from MultiviewCRLLib.runtime.bundle import BundleError, load_bundle, save_bundle
+from MultiviewCRLLib.runtime.device import DeviceError
 from MultiviewCRLLib.config import PRESETS, PreprocessingConfig
 from MultiviewCRLLib.runtime.networks import Decoder, Encoder
 from MultiviewCRLLib.runtime.preprocessing import preprocess_file
 from MultiviewCRLLib.slicer_nodes import (
+    BackgroundRunner,
+    Cancelled,
     NodeError,
     analyse_nodes,
     array_affine_from_node,
@@ -139,3 +142,30 @@ def test_bad_nodes_get_clear_errors(scene, cohort_1mm, tmp_path):
         array_affine_from_node(zeros)
     with pytest.raises(NodeError, match="no volume node"):
         array_affine_from_node(None)
+
+
+def test_background_runner_gives_the_same_nodes_and_keeps_the_scene_on_cancel_or_failure(
+    scene, cohort_1mm, report_grid_bundle, tmp_path
+):
+    t1 = read_volume_node(scene=scene, path=volume_path(cohort_1mm, "sub-0001", "T1w"))
+    t2 = read_volume_node(scene=scene, path=volume_path(cohort_1mm, "sub-0001", "T2w"))
+    polled = []
+    runner = BackgroundRunner(process_events=lambda: polled.append(1), poll_seconds=0.001)
+    background = analyse_nodes(report_grid_bundle, t1, t2, scene=scene, runner=runner)
+    inline = analyse_nodes(report_grid_bundle, t1, t2, scene=scene)
+    assert polled, "the caller's event loop was not kept alive"
+    assert [k for k in background["volumes"]] == [k.replace(" (1)", "") for k in background["volumes"]]
+    for kind, node in background["images"].items():
+        other = inline["images"][kind]
+        assert np.array_equal(slicer.util.arrayFromVolume(node), slicer.util.arrayFromVolume(other))
+
+    before = scene.GetNumberOfNodes()
+    cancelling = BackgroundRunner()
+    cancelling.cancel()
+    with pytest.raises(Cancelled):
+        analyse_nodes(report_grid_bundle, t1, t2, scene=scene, runner=cancelling)
+    with pytest.raises(BundleError, match="folder not found"):
+        analyse_nodes(tmp_path / "no-bundle", t1, t2, scene=scene, runner=BackgroundRunner())
+    with pytest.raises(DeviceError, match="CUDA is not available"):
+        analyse_nodes(report_grid_bundle, t1, t2, device="cuda:7", scene=scene, runner=BackgroundRunner())
+    assert scene.GetNumberOfNodes() == before

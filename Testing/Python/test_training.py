@@ -19,7 +19,8 @@ import torch
 import trainer_cli
 from MultiviewCRLLib.runtime.bundle import BundleError, load_bundle
 from MultiviewCRLLib.config import PRESETS
-from MultiviewCRLLib.training.data import VIEW_KEYS, read_splits
+from MultiviewCRLLib.config import VIEW_KEYS
+from MultiviewCRLLib.training.data import read_splits
 from MultiviewCRLLib.training.discovery import discover_bids
 from MultiviewCRLLib.runtime.networks import Encoder
 from MultiviewCRLLib.runtime.preprocessing import file_transforms
@@ -119,6 +120,19 @@ def test_export_never_replaces_a_folder(tiny_run, tmp_path, capsys):
     assert trainer_cli.main(["export", "--run", str(run_dir), "--out", str(taken)]) == 2
     assert f"export to {taken}: it already exists" in capsys.readouterr().err
     assert not any(taken.iterdir()) and [p.name for p in tmp_path.iterdir()] == ["taken"]
+
+
+def test_outputs_are_readable_by_others_under_umask_022(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    previous = os.umask(0o022)
+    try:
+        assert trainer_cli.main(["export", "--run", str(run_dir), "--out", str(tmp_path / "shared")]) == 0
+    finally:
+        os.umask(previous)
+    written = [tmp_path / "shared", *(tmp_path / "shared").iterdir()]
+    written += [p for p in run_dir.rglob("*") if p.name.endswith((".csv", ".json", ".tsv", ".pt", ".nii.gz"))]
+    for path in written:
+        assert path.stat().st_mode & 0o044 == 0o044, f"{path} is not readable by group and others"
 
 
 def test_bundle_refusals(tiny_run, tmp_path):
