@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 VIEWS = ("T1w", "T2w")  # BIDS suffixes: the names users see
 VIEW_KEYS = ("t1", "t2")  # the same views as dataset entries, in the same order
@@ -82,16 +82,28 @@ class PreprocessingConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+FAMILIES = ("global", "spatial")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Encoder/decoder sizes. Content is always dims ``[0, content_dim)`` of the latent, style the rest.
 
+    ``family``: "global" (the report's: the decoder sees only the 512-d latent) or "spatial" (the
+    encoder also gives a dense content map of ``map_channels`` softmax channels on the model grid,
+    and the decoder draws the image from that map, modulated by the style vector).
+
     ``encoder_channels``: one entry per stage (conv + residual unit + 2x max-pool); the first
-    stage's convolution has stride ``stem_stride``. ``decoder_channels``: the linear layer's
-    channels followed by one entry per transposed convolution (4x4x4, stride 2), starting from
-    ``decoder_start_shape``; the result is resized to the input's shape.
+    stage's convolution has stride ``stem_stride``; in the spatial family these stages encode the
+    style. ``decoder_channels``: global family, the linear layer's channels followed by one entry
+    per transposed convolution (4x4x4, stride 2), starting from ``decoder_start_shape``; the result
+    is resized to the input's shape. Spatial family: ``map_unet_channels`` are the channels of
+    the content U-Net's levels (MONAI UNet, run at half the model grid's resolution), ``map_decoder_channels`` the widths of the
+    style-modulated decoder on the map, ``field_channels`` x ``field_shape`` the smooth field that
+    the style draws (a view's bias field).
     """
 
+    family: str = "global"
     latent_dim: int = 512
     content_dim: int = 256
     encoder_channels: tuple[int, ...] = (32, 64, 128, 256, 512)
@@ -100,8 +112,15 @@ class ModelConfig:
     decoder_start_shape: tuple[int, int, int] = (2, 2, 2)
     refine_channels: tuple[int, ...] = (16, 8)
     norm_groups: int = 16
+    map_channels: int = 8
+    map_unet_channels: tuple[int, ...] = (16, 32, 64, 128)
+    map_decoder_channels: tuple[int, ...] = (32, 16)
+    field_channels: int = 4
+    field_shape: tuple[int, int, int] = (4, 4, 4)
 
     def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"model family must be one of {FAMILIES}, got {self.family!r}")
         if not 0 < self.content_dim < self.latent_dim:
             raise ValueError(f"content_dim must lie in (0, latent_dim), got {self.content_dim} of {self.latent_dim}")
 
@@ -116,10 +135,6 @@ class ModelConfig:
     def style(self, z):
         """The style block of latents (..., latent_dim): (..., style_dim)."""
         return split_latent(z, self.content_dim)[1]
-
-    def block(self, z, name: str):
-        """One of LATENT_BLOCKS of latents (..., latent_dim)."""
-        return {"content": self.content, "style": self.style, "full": lambda x: x}[name](z)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,6 +157,15 @@ class TrainConfig:
     amp: bool = True
     amp_dtype: str = "float16"  # or "bfloat16"
     augment: bool = False
+    # Spatial family: weight and temperature of the dense contrastive loss between the two views'
+    # content maps, the locations it samples per subject, and the weight of their L1 agreement.
+    dense_weight: float = 1.0
+    dense_tau: float = 0.1
+    dense_locations: int = 256
+    map_agreement_weight: float = 1.0
+    # Independent intensity augmentation per view (bias field, gamma, noise), so that content
+    # cannot carry a view's contrast.
+    view_augment: bool = False
     log_every: int = 100
     image_every: int = 5_000
     checkpoint_every: int = 5_000
@@ -202,6 +226,40 @@ PRESETS = {
         # 600 subjects: the 0.8/0.1/0.1 split leaves 60 for validation probes and 60 for test.
         CohortConfig(subjects=600, spacing_mm=2.0),
     ),
+    # The spatial family on the demo's CPU budget: content map on the 4 mm model grid.
+    "spatial-demo": Preset(
+        ModelConfig(
+            family="spatial",
+            encoder_channels=(8, 16, 32, 64),
+            stem_stride=2,
+            norm_groups=8,
+            map_unet_channels=(16, 32, 64),
+            map_decoder_channels=(16, 8),
+            field_shape=(3, 4, 3),
+        ),
+        PreprocessingConfig(spacing_mm=(4.0, 4.0, 4.0), spatial_size=(48, 56, 48)),
+        TrainConfig(
+            steps=300,
+            batch_size=4,
+            amp=False,
+            lr=1e-3,
+            tau=0.1,
+            scale_recon_loss=1e-4,
+            augment=True,
+            view_augment=True,
+            log_every=10,
+            image_every=100,
+            checkpoint_every=100,
+        ),
+        CohortConfig(subjects=600, spacing_mm=2.0),
+    ),
+    # The spatial family on the report's grid and schedule, for GPUs.
+    "spatial-seed": Preset(
+        ModelConfig(family="spatial", encoder_channels=(16, 32, 64, 128, 256), stem_stride=2),
+        PreprocessingConfig(),
+        TrainConfig(view_augment=True),
+        CohortConfig(),
+    ),
     # For tests: seconds.
     "tiny": Preset(
         ModelConfig(
@@ -218,3 +276,18 @@ PRESETS = {
         CohortConfig(subjects=48, spacing_mm=4.0),
     ),
 }
+# The spatial family at the tiny preset's size, for tests.
+PRESETS["tiny-spatial"] = Preset(
+    replace(
+        PRESETS["tiny"].model,
+        family="spatial",
+        map_channels=4,
+        map_unet_channels=(4, 8),
+        map_decoder_channels=(8,),
+        field_channels=2,
+        field_shape=(2, 2, 2),
+    ),
+    PRESETS["tiny"].preprocessing,
+    replace(PRESETS["tiny"].train, view_augment=True, dense_locations=32),
+    PRESETS["tiny"].cohort,
+)

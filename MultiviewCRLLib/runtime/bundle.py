@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..config import ModelConfig, PreprocessingConfig
-from .networks import Decoder, Encoder
+from .networks import build_networks
 from .storage import atomic_torch_save, atomic_write_json, staged_folder
 
 WEIGHTS = "weights.pt"
@@ -34,8 +35,8 @@ class BundleError(ValueError):
 
 @dataclass
 class Bundle:
-    encoder: Encoder
-    decoder: Decoder
+    encoder: nn.Module
+    decoder: nn.Module
     model: ModelConfig
     preprocessing: PreprocessingConfig
     style_means: dict[str, torch.Tensor]  # view name -> (style_dim,)
@@ -50,8 +51,8 @@ class Bundle:
 
 def save_bundle(
     folder: Path,
-    encoder: Encoder,
-    decoder: Decoder,
+    encoder: nn.Module,
+    decoder: nn.Module,
     model: ModelConfig,
     preprocessing: PreprocessingConfig,
     style_means: dict[str, torch.Tensor],
@@ -79,6 +80,7 @@ def save_bundle(
         "format": BUNDLE_FORMAT,
         "model": model.to_dict(),
         "preprocessing": preprocessing.to_dict(),
+        "family": model.family,
         "content_dims": [0, model.content_dim],
         "style_dims": [model.content_dim, model.latent_dim],
         "style_means": {view: [float(v) for v in mean] for view, mean in style_means.items()},
@@ -114,7 +116,7 @@ def load_bundle(folder: Path, device: str | torch.device = "cpu") -> Bundle:
         raise BundleError(f"model bundle {folder}: {WEIGHTS} refused ({type(err).__name__}: {err})") from err
     if not isinstance(weights, dict) or set(weights) != {"encoder", "decoder"}:
         raise BundleError(f"model bundle {folder}: {WEIGHTS} must hold 'encoder' and 'decoder' state dicts")
-    encoder, decoder = Encoder(model), Decoder(model, preprocessing.spatial_size)
+    encoder, decoder = build_networks(model, preprocessing.spatial_size)
     for name, module in (("encoder", encoder), ("decoder", decoder)):
         try:
             module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights[name].items()})

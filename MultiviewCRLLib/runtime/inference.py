@@ -17,7 +17,6 @@ from monai.data import MetaTensor
 
 from ..config import VIEWS, other_view
 from .bundle import Bundle
-from .networks import compose_latent
 from .preprocessing import preprocess_array
 
 
@@ -31,11 +30,43 @@ def cross_view_name(source: str, target: str) -> str:
     return f"{source}→{target}"
 
 
+def synthesis_styles(bundle: Bundle, latents: dict[str, torch.Tensor], target: str) -> torch.Tensor:
+    """The style a cross-view image of ``target`` is drawn with: the target's own (B, style_dim)
+    when it was given, else the training cohort's mean style of that view (1, style_dim)."""
+    if target in latents:
+        return bundle.model.style(latents[target])
+    return bundle.style_means[target].to(next(iter(latents.values())).device)[None]
+
+
+@torch.no_grad()
+def encode_views(bundle: Bundle, images: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """Latents {view: (B, latent_dim)} and contents {view: what the decoder takes: (B, content_dim)
+    in the global family, the content map (B, K, X, Y, Z) in the spatial one} of (B, 1, X, Y, Z) images."""
+    encoded = {view: bundle.encoder(x, with_content=True) for view, x in images.items()}
+    return {v: z for v, (z, _) in encoded.items()}, {v: c for v, (_, c) in encoded.items()}
+
+
+@torch.no_grad()
+def decode_views(bundle: Bundle, latents: dict, contents: dict) -> dict[str, torch.Tensor]:
+    """Every decoding of the given views, (B, 1, X, Y, Z) each: "<view> reconstruction" from its own
+    content and style, and the cross-view image "<source>→<target>" from the source's content with
+    the target's style (the cohort's mean style when the target is missing)."""
+    decoder, model = bundle.decoder, bundle.model
+    out = {f"{v} reconstruction": decoder.decode(contents[v], model.style(latents[v])) for v in latents}
+    for target in VIEWS:
+        source = other_view(target)
+        if source in latents:
+            style = synthesis_styles(bundle, latents, target)
+            out[cross_view_name(source, target)] = decoder.decode(contents[source], style)
+    return out
+
+
 @dataclass
 class PairAnalysis:
     inputs: dict[str, MetaTensor] = field(default_factory=dict)  # view -> preprocessed (X, Y, Z)
     masks: dict[str, MetaTensor] = field(default_factory=dict)
     latents: dict[str, torch.Tensor] = field(default_factory=dict)  # view -> (latent_dim,)
+    content_maps: dict[str, MetaTensor] = field(default_factory=dict)  # spatial family: view -> (K, X, Y, Z)
     reconstructions: dict[str, MetaTensor] = field(default_factory=dict)  # view -> decode(own latent)
     cross_view: dict[str, MetaTensor] = field(default_factory=dict)  # target view -> from the other view's content
     errors: dict[str, MetaTensor] = field(default_factory=dict)  # name -> |prediction - input| in the mask
@@ -58,29 +89,30 @@ def analyse_pair(
         raise ValueError("give at least one of the T1w and T2w volumes")
     model = bundle.model
     out = PairAnalysis()
+    images = {}
     for view, (array, affine) in given.items():
         image, mask = preprocess_array(array, affine, bundle.preprocessing)
         out.inputs[view], out.masks[view] = image[0], mask[0]
-        out.latents[view] = bundle.encoder(image.as_tensor()[None].to(device))[0].float().cpu()
-
-    def decode(latent: torch.Tensor, like: MetaTensor) -> MetaTensor:
-        volume = bundle.decoder(latent[None].to(device))[0, 0].float().cpu()
-        return MetaTensor(volume, affine=like.affine.clone())
-
+        images[view] = image.as_tensor()[None].to(device)
     grid = next(iter(out.inputs.values()))  # every view lands on the same model grid
+
+    def on_grid(volume: torch.Tensor) -> MetaTensor:
+        return MetaTensor(volume.float().cpu(), affine=grid.affine.clone())
+
+    latents, contents = encode_views(bundle, images)
+    out.latents = {view: z[0].float().cpu() for view, z in latents.items()}
+    if model.family == "spatial":
+        out.content_maps = {view: on_grid(c[0]) for view, c in contents.items()}
+    decoded = {name: on_grid(x[0, 0]) for name, x in decode_views(bundle, latents, contents).items()}
     for view in given:
-        out.reconstructions[view] = decode(out.latents[view], grid)
-    for target in VIEWS:
-        source = other_view(target)
-        if source not in given:
-            continue
-        style = model.style(out.latents[target]) if target in given else bundle.style_means[target]
-        out.cross_view[target] = decode(compose_latent(model.content(out.latents[source]), style), grid)
-    for view in given:
+        out.reconstructions[view] = decoded[f"{view} reconstruction"]
         out.errors[f"{view} reconstruction"] = error_map(out.reconstructions[view], out.inputs[view], out.masks[view])
-        if view in out.cross_view:
-            name = cross_view_name(other_view(view), view)
-            out.errors[name] = error_map(out.cross_view[view], out.inputs[view], out.masks[view])
+    for target in VIEWS:
+        name = cross_view_name(other_view(target), target)
+        if name in decoded:
+            out.cross_view[target] = decoded[name]
+            if target in given:
+                out.errors[name] = error_map(decoded[name], out.inputs[target], out.masks[target])
     if len(given) == 2:
         (content_a, style_a), (content_b, style_b) = (
             (model.content(out.latents[v]), model.style(out.latents[v])) for v in VIEWS

@@ -1,17 +1,30 @@
-"""3D ResNet-style encoder and decoder.
+"""The two model families' encoders and decoders.
 
-Encoder: x (B, 1, X, Y, Z) -> z (B, latent_dim); z[:, :content_dim] is content, the rest style.
-Decoder: z (B, latent_dim) -> x_hat (B, 1, X, Y, Z).
+Global family (the technical report's 3D ResNet-style networks):
+    Encoder: x (B, 1, X, Y, Z) -> z (B, latent_dim); z[:, :content_dim] is content, the rest style.
+    Decoder: z (B, latent_dim) -> x_hat (B, 1, X, Y, Z).
+Spatial family:
+    SpatialEncoder: x -> dense content map m (B, K, X, Y, Z) (softmax over K channels) and the
+    same 512-d z: content from the map (a strided head), style from the image.
+    SpatialDecoder: (m, style (B, style_dim)) -> x_hat (B, 1, X, Y, Z), FiLM-modulated by the style,
+    which also draws a smooth field (a view's bias field).
+
+Both families share one interface: ``encoder(x)`` is z; ``encoder(x, with_content=True)`` is
+(z, content), where content is what the decoder takes (the content block of z, or the map); and
+``decoder.decode(content, style)`` draws an image.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from monai.networks.blocks import Convolution, ResidualUnit
+from monai.networks.nets import UNet
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import ModelConfig
+from ..config import ModelConfig, split_latent
 
 
 def _norm(channels: int, groups: int) -> tuple:
@@ -52,9 +65,11 @@ class Encoder(nn.Module):
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.center = nn.BatchNorm1d(channels[-1])
         self.head = nn.Linear(channels[-1], config.latent_dim)
+        self.content_dim = config.content_dim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.center(self.pool(self.stages(x)).flatten(1)))
+    def forward(self, x: torch.Tensor, with_content: bool = False):
+        z = self.head(self.center(self.pool(self.stages(x)).flatten(1)))
+        return (z, split_latent(z, self.content_dim)[0]) if with_content else z
 
 
 class DecoderStage(nn.Sequential):
@@ -104,6 +119,121 @@ class Decoder(nn.Module):
         x = F.relu(self.fc(z)).view(z.shape[0], self.start_channels, *self.start_shape)
         x = self.refine(self.stages(x))
         return F.interpolate(x, size=self.output_shape, mode="trilinear", align_corners=False)
+
+    def decode(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """(B, content_dim), (B or 1, style_dim) -> (B, 1, X, Y, Z)."""
+        return self(compose_latent(content, style))
+
+
+class StyleEncoder(nn.Sequential):
+    """(B, 1, X, Y, Z) -> (B, out_features): strided stages, global pooling, centring, linear."""
+
+    def __init__(self, channels: tuple[int, ...], stem_stride: int, groups: int, out_features: int):
+        channels = (1, *channels)
+        super().__init__(
+            *(
+                EncoderStage(cin, cout, groups, stem_stride if i == 0 else 1)
+                for i, (cin, cout) in enumerate(zip(channels[:-1], channels[1:]))
+            ),
+            nn.AdaptiveAvgPool3d(1),
+            nn.Flatten(),
+            nn.BatchNorm1d(channels[-1]),  # centring, as in the global encoder
+            nn.Linear(channels[-1], out_features),
+        )
+
+
+class SpatialEncoder(nn.Module):
+    """(B, 1, X, Y, Z) -> z (B, latent_dim), and the content map (B, K, X, Y, Z) with ``with_content``.
+
+    The map is a softmax over K channels at every voxel (a soft tissue code): a bottleneck that
+    leaves little room for contrast. The content block of z is a strided head on the map, so the
+    content InfoNCE acts through the map; the style block comes from the image.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        k, features = config.map_channels, config.map_unet_channels
+        # The U-Net runs at half resolution (full-resolution convolutions dominate a CPU step); a
+        # last convolution on its upsampled features and the image itself gives the full-resolution map.
+        norm = ("group", {"num_groups": config.norm_groups})
+        self.down = Convolution(3, 1, features[0], strides=2, act="leakyrelu", norm=norm)
+        strides = (2,) * (len(features) - 1)
+        self.unet = UNet(3, features[0], features[0], features, strides, num_res_units=1, norm=norm)
+        self.multiple = 2 ** (len(strides) + 1)  # inputs are padded to it, so every level halves exactly
+        self.to_map = nn.Conv3d(features[0] + 1, k, kernel_size=3, padding=1)
+        head = (k, *config.encoder_channels[1:])
+        self.content_head = StyleEncoder(head[1:], 2, config.norm_groups, config.content_dim)
+        self.content_head[0] = EncoderStage(k, head[1], config.norm_groups, 2)
+        self.style_encoder = StyleEncoder(config.encoder_channels, config.stem_stride, config.norm_groups, config.style_dim)
+
+    def content_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, X, Y, Z) -> (B, K, X, Y, Z), a softmax over the K channels."""
+        size = x.shape[2:]
+        padding = [p for n in reversed(size) for p in (0, -n % self.multiple)]
+        padded = F.pad(x, padding)
+        features = F.interpolate(self.unet(self.down(padded)), size=padded.shape[2:], mode="trilinear")
+        logits = self.to_map(torch.cat([features, padded], dim=1))[..., : size[0], : size[1], : size[2]]
+        return torch.softmax(logits, dim=1)
+
+    def forward(self, x: torch.Tensor, with_content: bool = False):
+        content = self.content_map(x)
+        z = torch.cat([self.content_head(content), self.style_encoder(x)], dim=1)
+        return (z, content) if with_content else z
+
+
+class FiLM(nn.Module):
+    """Feature-wise modulation by the style: (B, C, ...) * (1 + gamma) + beta, (gamma, beta) = Linear(style)."""
+
+    def __init__(self, style_dim: int, channels: int):
+        super().__init__()
+        self.affine = nn.Linear(style_dim, 2 * channels)
+        nn.init.zeros_(self.affine.weight)
+        nn.init.zeros_(self.affine.bias)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.affine(style).view(len(style), -1, *([1] * (x.dim() - 2))).chunk(2, dim=1)
+        return x * (1 + gamma) + beta
+
+
+class SpatialDecoder(nn.Module):
+    """(content map (B, K, X, Y, Z), style (B or 1, style_dim)) -> (B, 1, X, Y, Z).
+
+    The style draws a smooth low-resolution field (``field_channels`` x ``field_shape``, upsampled
+    trilinearly) that joins the map as extra channels, so a view's bias field can be painted; then
+    1x1x1 and 3x3x3 convolutions in turn, each FiLM-modulated by the style, map tissue codes to intensities.
+    """
+
+    def __init__(self, config: ModelConfig, output_shape: tuple[int, int, int]):
+        super().__init__()
+        self.output_shape = tuple(output_shape)
+        self.field_shape = tuple(config.field_shape)
+        self.field = nn.Linear(config.style_dim, config.field_channels * math.prod(self.field_shape))
+        widths = (config.map_channels + config.field_channels, *config.map_decoder_channels)
+        self.convs = nn.ModuleList(
+            nn.Conv3d(a, b, kernel_size=1 if i % 2 == 0 else 3, padding="same")
+            for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))
+        )
+        self.films = nn.ModuleList(FiLM(config.style_dim, b) for b in widths[1:])
+        self.out = nn.Conv3d(widths[-1], 1, kernel_size=1)
+
+    def decode(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        style = style.expand(len(content), -1)
+        field = self.field(style).view(len(style), -1, *self.field_shape)
+        field = F.interpolate(field, size=content.shape[2:], mode="trilinear", align_corners=True)
+        x = torch.cat([content, field], dim=1)
+        for conv, film in zip(self.convs, self.films):
+            x = F.leaky_relu(film(conv(x), style), 0.1)
+        return self.out(x)
+
+    def forward(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        return self.decode(content, style)
+
+
+def build_networks(config: ModelConfig, output_shape: tuple[int, int, int]) -> tuple[nn.Module, nn.Module]:
+    """The encoder and decoder of the config's family."""
+    if config.family == "spatial":
+        return SpatialEncoder(config), SpatialDecoder(config, output_shape)
+    return Encoder(config), Decoder(config, output_shape)
 
 
 def compose_latent(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:

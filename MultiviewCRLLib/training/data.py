@@ -8,13 +8,23 @@ from pathlib import Path
 
 import numpy as np
 from monai.data import Dataset, PersistentDataset
-from monai.transforms import Compose, RandAffined, RandScaleIntensityd, RandShiftIntensityd
+from monai.transforms import (
+    Compose,
+    NormalizeIntensityd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandBiasFieldd,
+    RandGaussianNoised,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    ScaleIntensityd,
+)
 from monai.utils import convert_to_tensor
 from torch.utils.data import default_collate
 
 from ..config import VIEW_KEYS, PreprocessingConfig
 from .discovery import Pair
-from ..runtime.preprocessing import file_transforms, mask_key
+from ..runtime.preprocessing import ApplyMaskd, file_transforms, mask_key
 from ..runtime.storage import atomic_write_tsv
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -87,6 +97,21 @@ def augmentation() -> Compose:
     return Compose(transforms)
 
 
+def view_augmentation() -> Compose:
+    """Independent contrast augmentation per view: a bias field, a gamma and noise drawn for each
+    view on its own, then the brain mask and z-score again. A subject's two views then differ in
+    contrast in ways no anatomy explains, so content cannot carry a view's contrast. (1, X, Y, Z)."""
+    transforms = []
+    for key in VIEW_KEYS:  # one instance per view: the draws are independent
+        transforms += [
+            ScaleIntensityd(key, minv=0.0, maxv=1.0),  # positive intensities for a multiplicative field
+            RandBiasFieldd(key, coeff_range=(0.1, 0.3), prob=0.8),
+            RandAdjustContrastd(key, gamma=(0.7, 1.5), prob=0.5),
+            RandGaussianNoised(key, std=0.02, prob=0.5),
+        ]
+    return Compose([*transforms, ApplyMaskd(VIEW_KEYS), NormalizeIntensityd(VIEW_KEYS, nonzero=True)])
+
+
 def plain_collate(items: list[dict]) -> dict:
     """Collate dataset items as plain tensors: a persistent cache returns plain tensors on a hit
     and MetaTensors on a miss, and the two cannot be stacked together."""
@@ -108,16 +133,20 @@ def paired_dataset(
     cache_root: Path | None = None,
     augment: bool = False,
     seed: int = 0,
+    view_augment: bool = False,
 ) -> Dataset:
     """A MONAI dataset of {"subject", "t1", "t2", "mask_t1", "mask_t2"}; volumes (1, *spatial_size).
 
     With ``cache_root`` the deterministic preprocessing is paid once: results persist under
     ``cache_root/<config fingerprint>``, so a changed preprocessing config never reuses them.
-    Augmentation, when on, runs after the cache.
+    Augmentation (``augment``: shared rigid; ``view_augment``: contrast per view), when on, runs
+    after the cache.
     """
     transforms = list(file_transforms(VIEW_KEYS, config).transforms)
     if augment:
         transforms += list(augmentation().transforms)
+    if view_augment:
+        transforms += list(view_augmentation().transforms)
     pipeline = Compose(transforms)
     # Seeded after composing: a new Compose reseeds its transforms from MONAI's global seed.
     pipeline.set_random_state(seed=seed)

@@ -30,7 +30,7 @@ from ..config import (
     view_accuracy_key,
 )
 from ..runtime.bundle import Bundle
-from ..runtime.networks import compose_latent
+from ..runtime.inference import cross_view_name, decode_views, encode_views
 from .data import paired_dataset, plain_collate
 from .discovery import Pair
 
@@ -58,7 +58,9 @@ def metric(value: float, definition: str, split: str = "test") -> dict:
 
 # --- probes ------------------------------------------------------------------------------------
 def probe_r2(x_val: np.ndarray, y_val: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> dict[str, float]:
-    """R² on test of a linear and a kernel-ridge (RBF, grid-searched with 3-fold CV) probe fitted on validation.
+    """R² on test of a linear, a ridge (strength by cross-validation) and a kernel-ridge (RBF,
+    grid-searched with 3-fold CV) probe fitted on validation. Plain least squares interpolates
+    hundreds of dims on tens of subjects; the ridge is the linear probe to trust.
 
     The RBF's gamma is relative to the median pairwise distance of the validation features (the
     median heuristic), so the same grid suits 8 dims and 512: on hundreds of standardised dims the
@@ -66,7 +68,7 @@ def probe_r2(x_val: np.ndarray, y_val: np.ndarray, x_test: np.ndarray, y_test: n
     """
     from scipy.spatial.distance import pdist
     from sklearn.kernel_ridge import KernelRidge
-    from sklearn.linear_model import LinearRegression
+    from sklearn.linear_model import LinearRegression, RidgeCV
     from sklearn.metrics import r2_score
     from sklearn.model_selection import GridSearchCV
     from sklearn.preprocessing import StandardScaler
@@ -76,11 +78,13 @@ def probe_r2(x_val: np.ndarray, y_val: np.ndarray, x_test: np.ndarray, y_test: n
     target = StandardScaler().fit(y_val[:, None])
     ya, yb = target.transform(y_val[:, None]).ravel(), target.transform(y_test[:, None]).ravel()
     linear = LinearRegression().fit(a, ya)
+    ridge = RidgeCV(alphas=np.logspace(-3, 4, 15)).fit(a, ya)
     folds = max(2, min(3, len(a) // 2))  # R² needs at least two samples per held-out fold
     width = float(np.median(pdist(a))) or 1.0
     kernel = GridSearchCV(KernelRidge(kernel="rbf"), KERNEL_RIDGE_GRID, cv=folds).fit(a / width, ya)
     return {
         "linear": float(r2_score(yb, linear.predict(b))),
+        "ridge": float(r2_score(yb, ridge.predict(b))),
         "kernel_ridge": float(r2_score(yb, kernel.predict(b / width))),
     }
 
@@ -175,45 +179,70 @@ def encode(encoder, pairs: list[Pair], preprocessing, cache_root, device, with_i
     return (out, images) if with_images else out
 
 
+IMAGE_KINDS = {
+    "recon": "self-reconstruction decode(content and style of {v}) vs {v}",
+    "cross": "cross-view synthesis decode(content of the other view + style of {v}) vs {v}",
+    "cross_meanstyle": "missing-view synthesis decode(content of the other view + cohort mean style of {v}) vs {v}",
+    "cross_ownstyle": "control: decode(content of the other view + that view's own style) vs {v} (style must matter)",
+    "cross_othercontent": "control: decode(content of another test subject's other view + style of {v}) vs {v} "
+    "(content must matter)",
+}
+
+
+def reference_volumes(pairs: list[Pair], preprocessing) -> list[dict] | None:
+    """The noise-free references of each pair's views, preprocessed like the inputs; None when the
+    cohort has none (only the synthetic cohort writes them)."""
+    from ..runtime.preprocessing import preprocess_file
+    from .synthetic import noise_free_reference
+
+    paths = [{key: noise_free_reference(getattr(p, key)) for key in VIEW_KEYS} for p in pairs]
+    if not paths or any(path is None for pair in paths for path in pair.values()):
+        return None
+    return [{key: preprocess_file(path, preprocessing)[0][0].as_tensor() for key, path in pair.items()} for pair in paths]
+
+
 @torch.no_grad()
-def image_quality(bundle: Bundle, encoded: Encoded, images: list[dict], device) -> tuple[dict, list[dict]]:
-    """Self-reconstruction, cross-view synthesis (other view's style, and the cohort mean style).
+def image_quality(bundle: Bundle, images: list[dict], device, references: list[dict] | None = None):
+    """PSNR and SSIM of every decoding kind (IMAGE_KINDS) of both views against the input and, when
+    given, against its noise-free reference (noise cannot be predicted).
 
     Returns the metrics and, per subject, the decoded volumes for the report.
     """
-    model = bundle.model
-    z = {key: torch.from_numpy(getattr(encoded, key)) for key in VIEW_KEYS}
-    latents = {}
-    for key in VIEW_KEYS:
-        latents[f"recon_{key}"] = z[key]
-        # Target view `key` from the other view's anatomy: content of the other view + style of this one.
-        source_content = model.content(z[other_view(key)])
-        latents[f"cross_{key}"] = compose_latent(source_content, model.style(z[key]))
-        latents[f"cross_meanstyle_{key}"] = compose_latent(source_content, bundle.style_means[VIEW_NAMES[key]])
-    decoded = {
-        name: torch.cat([bundle.decoder(lat[i : i + 8].to(device)).float().cpu() for i in range(0, len(lat), 8)])[:, 0]
-        for name, lat in latents.items()
-    }
-    scores = {name: [] for name in decoded}
-    for i, volumes in enumerate(images):
-        for name in decoded:
-            key = name.rsplit("_", 1)[1]
-            scores[name].append(psnr_ssim(decoded[name][i], volumes[key], volumes[f"mask_{key}"] > 0.5))
+    model, decoder = bundle.model, bundle.decoder
+    decoded = {f"{kind}_{key}": [] for kind in IMAGE_KINDS for key in VIEW_KEYS}
+    for start in range(0, len(images), 8):
+        chunk = images[start : start + 8]
+        x = {VIEW_NAMES[k]: torch.stack([v[k] for v in chunk])[:, None].to(device) for k in VIEW_KEYS}
+        latents, contents = encode_views(bundle, x)
+        both = decode_views(bundle, latents, contents)
+        for key in VIEW_KEYS:
+            target, source = VIEW_NAMES[key], VIEW_NAMES[other_view(key)]
+            alone = decode_views(bundle, {source: latents[source]}, {source: contents[source]})
+            style = model.style(latents[target])
+            outputs = {
+                "recon": both[f"{target} reconstruction"],
+                "cross": both[cross_view_name(source, target)],
+                "cross_meanstyle": alone[cross_view_name(source, target)],
+                "cross_ownstyle": both[f"{source} reconstruction"],
+                "cross_othercontent": decoder.decode(contents[source].roll(1, dims=0), style),
+            }
+            for kind, volume in outputs.items():
+                decoded[f"{kind}_{key}"].append(volume[:, 0].float().cpu())
+    decoded = {name: torch.cat(parts) for name, parts in decoded.items()}
+    targets = {"": images} | ({"_reference": references} if references is not None else {})
     metrics = {}
-    described = {
-        "recon": "self-reconstruction decode(z of {v}) vs {v}",
-        "cross": "cross-view synthesis decode(content of the other view + style of {v}) vs {v}",
-        "cross_meanstyle": "missing-view synthesis decode(content of the other view + cohort mean style of {v}) vs {v}",
-    }
-    for name, values in scores.items():
+    for name, volumes in decoded.items():
         kind, key = name.rsplit("_", 1)
-        text = described[kind].format(v=VIEW_NAMES[key])
-        metrics[image_key("psnr", kind, key)] = metric(
-            np.mean([v[0] for v in values]), f"PSNR (dB) inside the brain mask, [0,1] range: {text}"
-        )
-        metrics[image_key("ssim", kind, key)] = metric(
-            np.mean([v[1] for v in values]), f"SSIM inside the brain mask, [0,1] range: {text}"
-        )
+        text = IMAGE_KINDS[kind].format(v=VIEW_NAMES[key])
+        for suffix, truth in targets.items():
+            scores = [
+                psnr_ssim(volumes[i], truth[i][key], images[i][f"mask_{key}"] > 0.5) for i in range(len(images))
+            ]
+            against = " (against the noise-free reference)" if suffix else ""
+            for measure, unit, values in (("psnr", " (dB)", [s[0] for s in scores]), ("ssim", "", [s[1] for s in scores])):
+                metrics[image_key(measure, kind + suffix, key)] = metric(
+                    np.mean(values), f"{measure.upper()}{unit} inside the brain mask, [0,1] range: {text}{against}"
+                )
     for key in VIEW_KEYS:
         gap = metrics[image_key("psnr", "recon", key)]["value"] - metrics[image_key("psnr", "cross", key)]["value"]
         metrics[f"psnr_gap_cross_{key}"] = metric(
@@ -293,7 +322,7 @@ def representation_metrics(val: Encoded, test: Encoded, content_dim: int, seed: 
         for view in VIEW_KEYS
     }
     for block in blocks:
-        for kind in ("linear", "kernel_ridge"):
+        for kind in ("linear", "ridge", "kernel_ridge"):
             content_scores = [per_factor[(block, v, n)][kind] for v in VIEW_KEYS for n in groups["content"]]
             out[r2_key(kind, block, "content")] = metric(
                 float(np.mean(content_scores)),
@@ -349,7 +378,7 @@ def evaluate(bundle: Bundle, val_pairs: list[Pair], test_pairs: list[Pair], cach
 
     Returns (metrics, report material).
     """
-    from ..runtime.networks import Encoder
+    from ..runtime.networks import build_networks
 
     prep = bundle.preprocessing
     bundle.encoder.to(device)
@@ -357,10 +386,11 @@ def evaluate(bundle: Bundle, val_pairs: list[Pair], test_pairs: list[Pair], cach
     val = encode(bundle.encoder, val_pairs, prep, cache_root, device)
     test, images = encode(bundle.encoder, test_pairs, prep, cache_root, device, with_images=True)
     metrics = {"trained": representation_metrics(val, test, bundle.content_dim, seed, "trained")}
-    image_metrics, decoded = image_quality(bundle, test, images, device)
+    references = reference_volumes(test_pairs, prep)
+    image_metrics, decoded = image_quality(bundle, images, device, references)
     metrics["trained"].update(image_metrics)
     torch.manual_seed(seed)
-    untrained = Encoder(bundle.model).to(device)  # evaluated in eval mode, as initialised
+    untrained = build_networks(bundle.model, prep.spatial_size)[0].to(device)  # in eval mode, as initialised
     metrics["untrained_baseline"] = representation_metrics(
         encode(untrained, val_pairs, prep, cache_root, device),
         encode(untrained, test_pairs, prep, cache_root, device),

@@ -64,3 +64,35 @@ class BaurLoss(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             a, b = x_hat.float().flatten(1), x.float().flatten(1)
             return (self.l1(a, b) + self.l2(a, b)).mean()
+
+
+class DenseInfoNCE(nn.Module):
+    """Dense contrastive loss between two views' content maps (in the style of CoMIR and PatchNCE).
+
+    At ``locations`` voxels per subject, drawn inside the brain mask and shared by both views, a
+    feature is read from each map: the map and its 3- and 7-voxel local means (so a location is
+    told apart by its neighbourhood), projected by a small MLP and normalised. For every location
+    of view 1 the positive is the same location in view 2; the negatives are the other sampled
+    locations of every subject in the batch. Symmetric cross-entropy of cosine / tau.
+
+    map1, map2: (B, K, X, Y, Z); mask: (B, 1, X, Y, Z) -> scalar.
+    """
+
+    def __init__(self, channels: int, locations: int = 256, tau: float = 0.1, features: int = 32):
+        super().__init__()
+        self.locations, self.tau = locations, tau
+        self.project = nn.Sequential(nn.Linear(3 * channels, features), nn.ReLU(), nn.Linear(features, features))
+
+    def features(self, content_map: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        scales = [content_map] + [F.avg_pool3d(content_map, k, stride=1, padding=k // 2) for k in (3, 7)]
+        stacked = torch.cat(scales, dim=1).flatten(2)  # (B, 3K, V)
+        picked = torch.gather(stacked, 2, index[:, None].expand(-1, stacked.shape[1], -1))  # (B, 3K, N)
+        return F.normalize(self.project(picked.transpose(1, 2).reshape(-1, stacked.shape[1])).float(), dim=1)
+
+    def forward(self, map1: torch.Tensor, map2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.flatten(1).float() + 1e-6  # uniform inside the brain; anywhere if a mask is empty
+        index = torch.multinomial(weights, self.locations, replacement=True)  # (B, N)
+        a, b = self.features(map1, index), self.features(map2, index)
+        logits = a @ b.T / self.tau
+        target = torch.arange(len(logits), device=logits.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2

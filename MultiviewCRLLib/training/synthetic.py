@@ -86,6 +86,15 @@ LESION_CLUSTER_RADIUS_MM = 12.0
 BIAS_LENGTH_MM = 80.0
 REFERENCE_INTENSITY = 3000.0
 DSEG_LABELS = {0: "background", 1: "CSF", 2: "GM", 3: "WM", 4: "lesion"}
+# Each view without noise (same sequence, bias field and gain): what synthesis is scored against.
+REFERENCE_DERIVATIVE = Path("derivatives") / "noisefree"
+
+
+def noise_free_reference(image: Path) -> Path | None:
+    """The noise-free reference of a cohort image ``<root>/sub-X/anat/sub-X_<view>.nii.gz``, if written."""
+    image = Path(image)
+    reference = image.parents[2] / REFERENCE_DERIVATIVE / image.parents[1].name / "anat" / image.name
+    return reference if reference.is_file() else None
 
 
 @dataclass(frozen=True)
@@ -271,8 +280,10 @@ class SubjectGenerator:
         out[self.box] = dominant
         return out
 
-    def render(self, tissues: dict[str, np.ndarray], style: dict[str, float], rng: np.random.Generator) -> np.ndarray:
-        """One view's int16 volume on the full output grid."""
+    def render(
+        self, tissues: dict[str, np.ndarray], style: dict[str, float], rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One view's int16 volume on the full output grid, and the same without noise (its reference)."""
         signal = tissue_signal(style["tr_ms"], style["te_ms"])
         image = sum(tissues[name] * np.float32(s) for name, s in signal.items())
         c = self.template.brain_center_mm
@@ -285,10 +296,14 @@ class SubjectGenerator:
         sigma = np.float32(style["noise_level"] * REFERENCE_INTENSITY)
         real = image + sigma * rng.standard_normal(image.shape, dtype=np.float32)
         imag = sigma * rng.standard_normal(image.shape, dtype=np.float32)
-        image = np.sqrt(real * real + imag * imag)  # Rician magnitude
-        image[tissues["brain"] < 0.5] = 0.0  # skull-stripped
+        noisy = np.sqrt(real * real + imag * imag)  # Rician magnitude
+        return tuple(self._on_grid(volume, tissues["brain"] < 0.5) for volume in (noisy, image))
+
+    def _on_grid(self, volume: np.ndarray, outside_brain: np.ndarray) -> np.ndarray:
+        """The computed box as an int16 volume on the full output grid, skull-stripped."""
+        volume[outside_brain] = 0.0
         out = np.zeros(self.shape, dtype=np.int16)
-        out[self.box] = np.clip(np.rint(image), 0, np.iinfo(np.int16).max).astype(np.int16)
+        out[self.box] = np.clip(np.rint(volume), 0, np.iinfo(np.int16).max).astype(np.int16)
         return out
 
 
@@ -317,9 +332,13 @@ def _generate_subject(job: tuple[int, int, str, dict[str, float], str]) -> dict[
     factors.update(zip(("lesion_x", "lesion_y", "lesion_z"), centers.mean(0).tolist()))
     anat = Path(out_dir) / subject / "anat"
     anat.mkdir(parents=True, exist_ok=True)
+    reference_dir = Path(out_dir) / REFERENCE_DERIVATIVE / subject / "anat"
+    reference_dir.mkdir(parents=True, exist_ok=True)
     for view in VIEWS:
         style = style_of(design, view)
-        _save(gen.render(tissues, style, rng), gen.affine, anat / f"{subject}_{view}.nii.gz")
+        noisy, clean = gen.render(tissues, style, rng)
+        _save(noisy, gen.affine, anat / f"{subject}_{view}.nii.gz")
+        _save(clean, gen.affine, reference_dir / f"{subject}_{view}.nii.gz")
         factors.update({f"{view.lower()}_{k}": v for k, v in style.items()})
     seg_dir = Path(out_dir) / "derivatives" / "tissues" / subject / "anat"
     seg_dir.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from monai.data import DataLoader
 from monai.utils import convert_to_tensor
 from torch.utils.data import Sampler
@@ -35,14 +36,14 @@ from .data import paired_dataset, plain_collate
 from .discovery import Pair
 from .distributed import cross_rank_batchnorm, gather_rows, rank, world_size
 from .evaluation import encode
-from .losses import BaurLoss, ContentInfoNCE, retrieval_top1
+from .losses import BaurLoss, ContentInfoNCE, DenseInfoNCE, retrieval_top1
 from ..runtime.device import select_device
-from ..runtime.networks import Decoder, Encoder
+from ..runtime.networks import build_networks
 from ..runtime.preprocessing import file_transforms, to_nifti
 from ..runtime.storage import atomic_save_nifti, atomic_torch_save, atomic_write_bytes
 
-CSV_COLUMNS = ("step", "total", "contrastive", "reconstruction", "top1_retrieval", "lr", "seconds")
-METRIC_KEYS = ("total", "contrastive", "reconstruction", "top1_retrieval")
+CSV_COLUMNS = ("step", "total", "contrastive", "reconstruction", "dense", "top1_retrieval", "lr", "seconds")
+METRIC_KEYS = ("total", "contrastive", "reconstruction", "dense", "top1_retrieval")
 CHECKPOINT_PATTERN = re.compile(r"step_(\d+)\.pt$")
 MAX_NONFINITE_STEPS = 5
 
@@ -83,8 +84,8 @@ class StepBatches(Sampler):
 
 @dataclass
 class TrainedModel:
-    encoder: Encoder
-    decoder: Decoder
+    encoder: nn.Module
+    decoder: nn.Module
     step: int
 
 
@@ -177,9 +178,15 @@ class Trainer:
         self.rank = rank()
         self.is_writer = self.rank == 0  # only rank 0 writes logs, images, checkpoints and bundles
         torch.manual_seed(seed)  # every rank starts from the same weights
-        self.encoder = Encoder(model).to(self.device)
-        self.decoder = Decoder(model, preprocessing.spatial_size).to(self.device)
-        self.parameters = list(self.encoder.parameters()) + list(self.decoder.parameters())
+        encoder, decoder = build_networks(model, preprocessing.spatial_size)
+        self.encoder, self.decoder = encoder.to(self.device), decoder.to(self.device)
+        self.spatial = model.family == "spatial"
+        # Spatial family: the dense loss's projection head trains with the networks (not bundled).
+        self.dense = nn.ModuleDict()
+        if self.spatial:
+            self.dense["head"] = DenseInfoNCE(model.map_channels, train.dense_locations, train.dense_tau)
+        self.dense.to(self.device)
+        self.parameters = [p for m in (self.encoder, self.decoder, self.dense) for p in m.parameters()]
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -187,6 +194,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.encoder = DistributedDataParallel(self.encoder, device_ids=ids)
             self.decoder = DistributedDataParallel(self.decoder, device_ids=ids)
+            if self.spatial:
+                self.dense = DistributedDataParallel(self.dense, device_ids=ids)
         self.optimizer = torch.optim.Adam(self.parameters, lr=train.lr)
         # A GradScaler is only needed for float16; disabled it is a pass-through.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.amp_dtype == torch.float16)
@@ -200,9 +209,9 @@ class Trainer:
             for sub in ("checkpoints", "images"):
                 (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
 
-    def modules(self) -> tuple[Encoder, Decoder]:
-        """The plain encoder and decoder, without their DistributedDataParallel wrappers."""
-        return tuple(getattr(m, "module", m) for m in (self.encoder, self.decoder))
+    def modules(self) -> tuple[nn.Module, nn.Module, nn.ModuleDict]:
+        """The plain encoder, decoder and dense-loss head, without their DistributedDataParallel wrappers."""
+        return tuple(getattr(m, "module", m) for m in (self.encoder, self.decoder, self.dense))
 
     def all_ranks_max(self, value: float) -> float:
         """The largest value over the ranks (the value itself in a one-process run)."""
@@ -225,6 +234,7 @@ class Trainer:
             "step": self.step,
             "encoder": self.modules()[0].state_dict(),
             "decoder": self.modules()[1].state_dict(),
+            "dense": self.modules()[2].state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state()},
@@ -248,9 +258,10 @@ class Trainer:
             raise ValueError(
                 f"checkpoint {path} refused: not a plain-tensor checkpoint ({type(err).__name__})"
             ) from err
-        encoder, decoder = self.modules()
+        encoder, decoder, dense = self.modules()
         encoder.load_state_dict(state["encoder"])
         decoder.load_state_dict(state["decoder"])
+        dense.load_state_dict(state["dense"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
@@ -262,13 +273,14 @@ class Trainer:
     # --- logging -------------------------------------------------------------------------------
     def write_images(self, images: dict) -> None:
         """The fixed subject's inputs and their decodings, on the model grid (they overlay in RAS)."""
-        encoder, decoder = self.modules()
+        encoder, decoder, _ = self.modules()
         encoder.eval()
         decoder.eval()
         with torch.no_grad():
             for key in VIEW_KEYS:
                 x = convert_to_tensor(images[key], track_meta=False)[None].to(self.device)
-                decoded = decoder(encoder(x))[0].float().cpu()
+                z, content = encoder(x, with_content=True)
+                decoded = decoder.decode(content, self.model_config.style(z))[0].float().cpu()
                 folder = self.run_dir / "images"
                 if not (folder / f"{key}_input.nii.gz").exists():
                     atomic_save_nifti(to_nifti(images[key]), folder / f"{key}_input.nii.gz")
@@ -283,13 +295,23 @@ class Trainer:
         # A step with a non-finite loss is skipped whole, BatchNorm running statistics included.
         buffers = {name: b.clone() for name, b in self.modules()[0].named_buffers()}
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-            z = self.encoder(x)
+            z, content = self.encoder(x, with_content=True)
             # Negatives from every rank: the contrastive loss sees the union batch.
             z1, z2 = (gather_rows(half) for half in z.chunk(2))
             contrastive = self.contrastive(z1, z2)
-            decoded = self.decoder(z)
-        reconstruction = self.reconstruction(decoded, x)  # this rank's mean; DDP averages the gradients
-        total = contrastive + self.config.scale_recon_loss * reconstruction
+            if self.spatial:
+                # Cross-view reconstruction: each view's map decoded with the other view's style
+                # must give the other view, so the map must hold what both share and the style the rest.
+                maps, style = content.chunk(2), self.model_config.style(z)
+                target = torch.cat(x.chunk(2)[::-1])
+                decoded = self.decoder(torch.cat(maps), torch.cat(style.chunk(2)[::-1]))
+                mask = batch["mask_t1"].to(self.device) * batch["mask_t2"].to(self.device)
+                dense = self.config.dense_weight * self.dense["head"](*maps, mask)
+                dense = dense + self.config.map_agreement_weight * (maps[0] - maps[1]).abs().sum(1).mean()
+            else:
+                target, decoded, dense = x, self.decoder(z), torch.zeros((), device=self.device)
+        reconstruction = self.reconstruction(decoded, target)  # this rank's mean; DDP averages the gradients
+        total = contrastive + self.config.scale_recon_loss * reconstruction + dense
         self.optimizer.zero_grad(set_to_none=True)
         finite = not self.all_ranks_max(float(not torch.isfinite(total)))
         if finite or self.scaler.is_enabled():
@@ -303,11 +325,12 @@ class Trainer:
         if not finite:
             for name, value in self.modules()[0].named_buffers():
                 value.copy_(buffers[name])
-        union_reconstruction = self.all_ranks_mean(reconstruction)
+        union_reconstruction, union_dense = self.all_ranks_mean(reconstruction), self.all_ranks_mean(dense)
         return {
-            "total": contrastive.item() + self.config.scale_recon_loss * union_reconstruction,
+            "total": contrastive.item() + self.config.scale_recon_loss * union_reconstruction + union_dense,
             "contrastive": contrastive.item(),
             "reconstruction": union_reconstruction,
+            "dense": union_dense,
             "top1_retrieval": retrieval_top1(z1, z2, self.model_config.content_dim),
         }
 
@@ -340,7 +363,9 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.step + 1 if self.step else None)
-        dataset = paired_dataset(self.train_pairs, self.preprocessing, self.cache_root, cfg.augment, self.seed)
+        dataset = paired_dataset(
+            self.train_pairs, self.preprocessing, self.cache_root, cfg.augment, self.seed, cfg.view_augment
+        )
         sampler = StepBatches(len(dataset), cfg.batch_size, self.seed, self.step, cfg.steps, self.rank, self.world)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=plain_collate)
         images = file_transforms(VIEW_KEYS, self.preprocessing)(self.image_pair.as_item())
@@ -356,7 +381,7 @@ class Trainer:
                 writer.close()
         if rows and self.is_writer:
             plot_curves(rows, self.run_dir / "training_curves.png", cfg.batch_size * self.world)
-        return TrainedModel(*self.modules(), self.step)
+        return TrainedModel(*self.modules()[:2], self.step)
 
     def _loop(self, bar, rows: list, csv_path: Path, writer, images: dict, start: float) -> None:
         cfg = self.config
