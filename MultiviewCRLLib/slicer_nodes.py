@@ -18,6 +18,8 @@ import slicer
 import slicer.util
 import vtk
 
+from monai.data import MetaTensor
+
 from .config import VIEWS, other_view
 from .runtime.bundle import Bundle, load_bundle
 from .runtime.device import select_device
@@ -121,8 +123,9 @@ def add_result_nodes(analysis: PairAnalysis, input_names: dict[str, str], conten
     """Output volume nodes (on the model grid), the embedding table and the content plot.
 
     ``input_names``: {view: name of its input node}. Returns {"volumes": {label: node}, "table",
-    "chart", "images", "errors"}; "images" and "errors" hold the same volume nodes by kind, the
-    keys of ``analysis.errors`` ("T1w reconstruction", "T2w→T1w", ...).
+    "chart", "images", "errors", "content_maps"}; "images", "errors" and "content_maps" hold the
+    same volume nodes by kind: the keys of ``analysis.errors`` ("T1w reconstruction", "T2w→T1w",
+    ...) and, for the spatial family, the views (each map shown as its strongest channel, 1..K).
     """
     scene = scene or slicer.mrmlScene
     base = " + ".join(input_names[v] for v in VIEWS if v in input_names)
@@ -133,6 +136,10 @@ def add_result_nodes(analysis: PairAnalysis, input_names: dict[str, str], conten
         source = other_view(target)
         images[cross_view_name(source, target)] = (f"{input_names[source]} → {target}", x)
     errors = {kind: (f"{base} error {kind}", x) for kind, x in analysis.errors.items()}
+    content_maps = {
+        view: (f"{input_names[view]} content map", MetaTensor(m.argmax(0).float() + 1, affine=m.affine))
+        for view, m in analysis.content_maps.items()
+    }
 
     def nodes(named: dict) -> dict:
         return {
@@ -140,7 +147,7 @@ def add_result_nodes(analysis: PairAnalysis, input_names: dict[str, str], conten
             for kind, (label, x) in named.items()
         }
 
-    by_kind = {"images": nodes(images), "errors": nodes(errors)}
+    by_kind = {"images": nodes(images), "errors": nodes(errors), "content_maps": nodes(content_maps)}
     volumes = {node.GetName(): node for group in by_kind.values() for node in group.values()}
     table = embedding_table(analysis, content_dim, f"{base} embeddings", scene)
     chart = content_plot(table, list(analysis.latents), content_dim, f"{base} content", scene)

@@ -3,7 +3,7 @@
 The pair is read into real MRML nodes by Slicer's storage node (``slicer-core``), analysed with a
 model bundle exactly as the module's Apply does (``analyse_nodes``), and every panel is drawn from
 the resulting volume and table nodes: inputs; reconstructions and cross-view images; error maps;
-the content dimensions of both views. Axial slices through the input T1w's brain centre, in RAS
+the content maps (spatial family) and the content dimensions of both views. Axial slices through the input T1w's brain centre, in RAS
 millimetres, radiological convention (patient right on the left) as in Slicer's slice views.
 
     python scripts/outputs_figure.py --t1 T1.nii.gz --t2 T2.nii.gz --out Resources/Screenshots/outputs.png
@@ -69,7 +69,8 @@ def render(result: dict, inputs: dict, content_dim: int, out: Path) -> Path:
         "Top row: the inputs. Second row: each view reconstructed from its own\n"
         "embedding, and each view synthesised from the OTHER view's content with\n"
         "this view's style. Third row: absolute error inside the brain mask\n"
-        "(z-scored units). Bottom: the 256 content dimensions of both views.\n\n"
+        "(z-scored units). Bottom: the content maps (spatial models) and the\n"
+        "256 content dimensions of both views.\n\n"
         f"content cosine T1w vs T2w: {analysis.content_cosine:.3f}\n"
         f"style distance: {analysis.style_distance:.2f}\n"
         f"nearest cohort subjects (content cosine):\n  {nearest}",
@@ -81,7 +82,10 @@ def render(result: dict, inputs: dict, content_dim: int, out: Path) -> Path:
     for column, kind in enumerate(kinds):
         draw_axial(fig.add_subplot(grid[1, column]), images[kind], z_mm, images[kind].GetName())
         draw_axial(fig.add_subplot(grid[2, column]), errors[kind], z_mm, f"|error| {kind}", "magma", error_max)
-    chart = fig.add_subplot(grid[3, :])
+    maps = result["content_maps"]  # spatial family: each view's content map, strongest channel 1..K
+    for column, (view, node) in enumerate(maps.items()):
+        draw_axial(fig.add_subplot(grid[3, column]), node, z_mm, f"content map of {view} (channel)", "tab10", 10)
+    chart = fig.add_subplot(grid[3, len(maps) :])
     table = result["table"]
     for view in ("T1w", "T2w"):
         chart.plot(slicer.util.arrayFromTableColumn(table, view)[:content_dim], ".", label=view, markersize=4)

@@ -198,9 +198,11 @@ class FiLM(nn.Module):
 class SpatialDecoder(nn.Module):
     """(content map (B, K, X, Y, Z), style (B or 1, style_dim)) -> (B, 1, X, Y, Z).
 
-    The style draws a smooth low-resolution field (``field_channels`` x ``field_shape``, upsampled
-    trilinearly) that joins the map as extra channels, so a view's bias field can be painted; then
-    1x1x1 and 3x3x3 convolutions in turn, each FiLM-modulated by the style, map tissue codes to intensities.
+    Two paths, summed: each map channel's intensity under the style (a lookup from tissue code to
+    intensity, so the image is as sharp as the map), and a correction: the style draws a smooth
+    low-resolution field (``field_channels`` x ``field_shape``, upsampled trilinearly) that joins
+    the map as extra channels, so a view's bias field can be painted, then 1x1x1 and 3x3x3
+    convolutions in turn, each FiLM-modulated by the style.
     """
 
     def __init__(self, config: ModelConfig, output_shape: tuple[int, int, int]):
@@ -215,6 +217,8 @@ class SpatialDecoder(nn.Module):
         )
         self.films = nn.ModuleList(FiLM(config.style_dim, b) for b in widths[1:])
         self.out = nn.Conv3d(widths[-1], 1, kernel_size=1)
+        # Each map channel's intensity under this style: the direct path from tissue code to image.
+        self.intensities = nn.Linear(config.style_dim, config.map_channels)
 
     def decode(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         style = style.expand(len(content), -1)
@@ -223,7 +227,8 @@ class SpatialDecoder(nn.Module):
         x = torch.cat([content, field], dim=1)
         for conv, film in zip(self.convs, self.films):
             x = F.leaky_relu(film(conv(x), style), 0.1)
-        return self.out(x)
+        lookup = (content * self.intensities(style)[:, :, None, None, None]).sum(1, keepdim=True)
+        return lookup + self.out(x)
 
     def forward(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         return self.decode(content, style)

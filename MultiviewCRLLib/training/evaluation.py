@@ -252,6 +252,54 @@ def image_quality(bundle: Bundle, images: list[dict], device, references: list[d
     return metrics, per_subject
 
 
+@torch.no_grad()
+def content_maps(bundle: Bundle, images: list[dict], device) -> list[dict]:
+    """Spatial family: each subject's content maps {key: (K, X, Y, Z)} of both views."""
+    maps = []
+    for start in range(0, len(images), 8):
+        chunk = images[start : start + 8]
+        x = {VIEW_NAMES[k]: torch.stack([v[k] for v in chunk])[:, None].to(device) for k in VIEW_KEYS}
+        _, contents = encode_views(bundle, x)
+        maps += [{k: contents[VIEW_NAMES[k]][i].float().cpu() for k in VIEW_KEYS} for i in range(len(chunk))]
+    return maps
+
+
+def map_summary(content_map: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """Per channel, the mean and standard deviation of a (K, X, Y, Z) map inside the brain: (2K,)."""
+    inside = content_map[:, mask > 0.5]
+    return torch.cat([inside.mean(1), inside.std(1)]).numpy()
+
+
+def content_map_metrics(val: tuple[list, list], test: tuple[list, list]) -> dict:
+    """Agreement of a subject's two content maps and whether a map gives its view away.
+
+    ``val``, ``test``: (images, maps) as from ``encode(..., with_images=True)`` and ``content_maps``.
+    """
+    images, maps = test
+    correlations = []
+    for volumes, pair in zip(images, maps):
+        inside = (volumes["mask_t1"] > 0.5) & (volumes["mask_t2"] > 0.5)
+        a, b = (pair[k][:, inside].flatten().numpy() for k in VIEW_KEYS)
+        correlations.append(np.corrcoef(a, b)[0, 1])
+
+    def summaries(split: tuple[list, list]) -> tuple[np.ndarray, np.ndarray]:
+        return tuple(
+            np.stack([map_summary(pair[k], volumes[f"mask_{k}"]) for volumes, pair in zip(*split)]) for k in VIEW_KEYS
+        )
+
+    return {
+        "content_map_correlation": metric(
+            float(np.mean(correlations)),
+            "voxelwise Pearson correlation between a subject's T1w and T2w content maps inside the brain (target ≥ 0.9)",
+        ),
+        view_accuracy_key("content_map"): metric(
+            view_accuracy(summaries(val), summaries(test)),
+            "LogisticRegression accuracy telling T1w from T2w by the content map's per-channel mean and spread "
+            "inside the brain (chance 0.5)",
+        ),
+    }
+
+
 # --- the whole evaluation ------------------------------------------------------------------------
 def factor_groups(pairs: list[Pair]) -> dict[str, list[str]] | None:
     """Known generating factors in the labels (the synthetic cohort's), grouped; None for real cohorts."""
@@ -383,9 +431,12 @@ def evaluate(bundle: Bundle, val_pairs: list[Pair], test_pairs: list[Pair], cach
     prep = bundle.preprocessing
     bundle.encoder.to(device)
     bundle.decoder.to(device).eval()
-    val = encode(bundle.encoder, val_pairs, prep, cache_root, device)
+    val, val_images = encode(bundle.encoder, val_pairs, prep, cache_root, device, with_images=True)
     test, images = encode(bundle.encoder, test_pairs, prep, cache_root, device, with_images=True)
     metrics = {"trained": representation_metrics(val, test, bundle.content_dim, seed, "trained")}
+    if bundle.model.family == "spatial":
+        maps = (content_maps(bundle, val_images, device), content_maps(bundle, images, device))
+        metrics["trained"].update(content_map_metrics((val_images, maps[0]), (images, maps[1])))
     references = reference_volumes(test_pairs, prep)
     image_metrics, decoded = image_quality(bundle, images, device, references)
     metrics["trained"].update(image_metrics)
@@ -399,4 +450,7 @@ def evaluate(bundle: Bundle, val_pairs: list[Pair], test_pairs: list[Pair], cach
         "untrained",
     )
     metrics["subjects"] = {"val": len(val_pairs), "test": len(test_pairs)}
-    return metrics, {"images": images, "decoded": decoded, "subjects": [p.key for p in test_pairs]}
+    material = {"images": images, "decoded": decoded, "subjects": [p.key for p in test_pairs]}
+    if bundle.model.family == "spatial":
+        material["maps"] = maps[1]
+    return metrics, material

@@ -69,13 +69,18 @@ def write_report(metrics: dict, material: dict, training_rows: list[dict], out_p
     import matplotlib.pyplot as plt
 
     n = min(n_subjects, len(material["images"]))
-    fig = plt.figure(figsize=(16, 2.2 * n + 3.6))
-    grid = fig.add_gridspec(n + 1, len(COLUMNS), height_ratios=[1] * n + [1.5])
+    maps = material.get("maps")  # spatial family: each subject's content maps
+    columns = COLUMNS + ([("content map T1w", "map", "t1"), ("content map T2w", "map", "t2")] if maps else [])
+    fig = plt.figure(figsize=(2 * len(columns), 2.2 * n + 3.6))
+    grid = fig.add_gridspec(n + 1, len(columns), height_ratios=[1] * n + [1.5])
     for row in range(n):
         images, decoded = material["images"][row], material["decoded"][row]
-        for col, (title, kind, key) in enumerate(COLUMNS):
+        for col, (title, kind, key) in enumerate(columns):
             ax = fig.add_subplot(grid[row, col])
-            if kind == "image":
+            if kind == "map":
+                codes = (maps[row][key].argmax(0) + 1) * (images[f"mask_{key}"] > 0.5)
+                ax.imshow(_axial(codes), cmap="tab10", origin="lower", vmin=0, vmax=10, interpolation="nearest")
+            elif kind == "image":
                 ax.imshow(_axial(images[key]), cmap="gray", origin="lower", vmin=-2.5, vmax=2.5)
             elif kind == "decoded":
                 ax.imshow(
@@ -90,7 +95,7 @@ def write_report(metrics: dict, material: dict, training_rows: list[dict], out_p
                 ax.set_title(title, fontsize=9)
             if col == 0:
                 ax.set_ylabel(material["subjects"][row], fontsize=8)
-    bars = fig.add_subplot(grid[n, : len(COLUMNS) // 2])
+    bars = fig.add_subplot(grid[n, : len(columns) // 2])
     labels = [label for label, _ in BARS]
     x = np.arange(len(labels))
     for offset, (name, color) in zip((-0.2, 0.2), (("trained", "tab:blue"), ("untrained_baseline", "tab:gray"))):
@@ -101,7 +106,7 @@ def write_report(metrics: dict, material: dict, training_rows: list[dict], out_p
     bars.set_ylim(min(-0.2, bars.get_ylim()[0]), 1.0)
     bars.axhline(0, color="black", lw=0.5)
     bars.legend(fontsize=8)
-    curves = fig.add_subplot(grid[n, len(COLUMNS) // 2 :])
+    curves = fig.add_subplot(grid[n, len(columns) // 2 :])
     if training_rows:
         steps = [r["step"] for r in training_rows]
         curves.plot(steps, [r["contrastive"] for r in training_rows], label="contrastive")

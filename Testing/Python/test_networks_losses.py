@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from MultiviewCRLLib.config import PRESETS, ModelConfig
-from MultiviewCRLLib.training.losses import BaurLoss, ContentInfoNCE, retrieval_top1
-from MultiviewCRLLib.runtime.networks import Decoder, Encoder, count_parameters
+from MultiviewCRLLib.runtime.networks import Decoder, Encoder, SpatialEncoder, build_networks, count_parameters
+from MultiviewCRLLib.training.losses import BaurLoss, ContentInfoNCE, DenseInfoNCE, retrieval_top1
 
 
 def test_seed_preset_matches_the_report_size_and_shapes():
@@ -89,3 +89,45 @@ def test_baur_loss_is_float32_under_autocast():
         value = BaurLoss()(x_hat, x)
     assert value.dtype == torch.float32
     assert value.item() == pytest.approx(reference.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tiny-spatial", "spatial-demo"])
+def test_spatial_family_shapes_and_map(name):
+    preset = PRESETS[name]
+    encoder, decoder = build_networks(preset.model, preset.preprocessing.spatial_size)
+    assert isinstance(encoder, SpatialEncoder)
+    x = torch.randn(2, 1, *preset.preprocessing.spatial_size)
+    z, content_map = encoder(x, with_content=True)
+    assert z.shape == (2, preset.model.latent_dim) and torch.equal(encoder.eval()(x), encoder(x))
+    assert content_map.shape == (2, preset.model.map_channels, *preset.preprocessing.spatial_size)
+    assert torch.allclose(content_map.sum(1), torch.ones(1), atol=1e-5)  # a softmax code at every voxel
+    style = preset.model.style(z)
+    assert decoder.decode(content_map, style).shape == x.shape
+    assert decoder.decode(content_map, style[:1]).shape == x.shape  # one style (a cohort mean) for all
+
+
+def test_spatial_decoder_draws_a_smooth_field_from_the_style():
+    preset = PRESETS["tiny-spatial"]
+    _, decoder = build_networks(preset.model, preset.preprocessing.spatial_size)
+    flat = torch.full((1, preset.model.map_channels, *preset.preprocessing.spatial_size), 1 / preset.model.map_channels)
+    torch.manual_seed(0)
+    a, b = decoder.decode(flat, torch.randn(1, preset.model.style_dim)), decoder.decode(flat, torch.randn(1, preset.model.style_dim))
+    difference = (a - b)[0, 0]
+    assert difference.std() > 0  # the style alone changes the image, and not as a constant
+    assert difference.diff(dim=0).abs().mean() < difference.abs().mean()  # smoothly across space
+
+
+def test_dense_infonce_prefers_agreeing_maps():
+    torch.manual_seed(0)
+    loss = DenseInfoNCE(channels=4, locations=64, tau=0.1)
+    logits = torch.randn(2, 4, 16, 16, 16) * 3
+    same = torch.softmax(logits, 1)
+    other = torch.softmax(torch.randn_like(logits) * 3, 1)
+    mask = torch.ones(2, 1, 16, 16, 16)
+    agreeing = torch.stack([loss(same, same, mask) for _ in range(5)]).mean()
+    disagreeing = torch.stack([loss(same, other, mask) for _ in range(5)]).mean()
+    assert agreeing < disagreeing
+    assert math.log(2 * 64) - 1.0 < disagreeing  # unrelated maps stay near chance
+    mask[:, :, :8] = 0  # locations are drawn inside the mask only
+    index = torch.multinomial(mask.flatten(1) + 1e-6, 256, replacement=True)
+    assert (index >= 8 * 16 * 16).float().mean() > 0.99
