@@ -274,7 +274,9 @@ class MultiviewCRLTest(ScriptedLoadableModuleTest):
                 return t1, t2
         except Exception as err:  # no network: the pair shipped with the module
             logging.info(f"CTMRBrain sample data unavailable ({err}); using the shipped synthetic pair")
-        return tuple(slicer.util.loadVolume(str(TEST_DATA / f"synthetic_{view}.nii.gz")) for view in ("T1w", "T2w"))
+        from MultiviewCRLLib.config import VIEWS
+
+        return tuple(slicer.util.loadVolume(str(TEST_DATA / f"synthetic_{view}.nii.gz")) for view in VIEWS)
 
     def test_MultiviewCRL_pair(self):
         self.delayDisplay("Running the bundled demo model on a T1w/T2w pair")

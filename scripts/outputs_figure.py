@@ -17,6 +17,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from MultiviewCRLLib.config import VIEWS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -58,7 +60,7 @@ def render(result: dict, inputs: dict, content_dim: int, out: Path) -> Path:
 
     fig = plt.figure(figsize=(13, 10.5), constrained_layout=True)
     grid = fig.add_gridspec(4, 4, height_ratios=[1, 1, 1, 0.8])
-    for column, view in enumerate(("T1w", "T2w")):
+    for column, view in enumerate(VIEWS):
         draw_axial(fig.add_subplot(grid[0, column]), inputs[view], z_mm, inputs[view].GetName())
     text = fig.add_subplot(grid[0, 2:])
     text.set_axis_off()
@@ -87,7 +89,7 @@ def render(result: dict, inputs: dict, content_dim: int, out: Path) -> Path:
         draw_axial(fig.add_subplot(grid[3, column]), node, z_mm, f"content map of {view} (channel)", "tab10", 10)
     chart = fig.add_subplot(grid[3, len(maps) :])
     table = result["table"]
-    for view in ("T1w", "T2w"):
+    for view in VIEWS:
         chart.plot(slicer.util.arrayFromTableColumn(table, view)[:content_dim], ".", label=view, markersize=4)
     chart.set_xlabel("content dimension")
     chart.set_ylabel("value")
