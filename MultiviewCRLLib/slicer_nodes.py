@@ -137,7 +137,7 @@ def add_result_nodes(analysis: PairAnalysis, input_names: dict[str, str], conten
         images[cross_view_name(source, target)] = (f"{input_names[source]} → {target}", x)
     errors = {kind: (f"{base} error {kind}", x) for kind, x in analysis.errors.items()}
     content_maps = {
-        view: (f"{input_names[view]} content map", MetaTensor(m.argmax(0).float() + 1, affine=m.affine))
+        view: (f"{input_names[view]} content map", MetaTensor(m.as_tensor().argmax(0).float() + 1, affine=m.affine))
         for view, m in analysis.content_maps.items()
     }
 

@@ -114,7 +114,7 @@ def test_same_arguments_give_identical_bytes(tmp_path):
     b = synthetic.generate_cohort(tmp_path / "b", n_subjects=3, seed=11, spacing_mm=4.0, workers=1)
     files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-    assert files_a == files_b and len(files_a) == 3 * 3 + 5
+    assert files_a == files_b and len(files_a) == 3 * 5 + 5  # per subject: 2 views, 2 references, tissues
     for rel in files_a:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     c = synthetic.generate_cohort(tmp_path / "c", n_subjects=3, seed=12, spacing_mm=4.0)
