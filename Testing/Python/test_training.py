@@ -55,7 +55,7 @@ def test_outputs_appear_on_schedule(tiny_run):
     train = PRESETS["tiny"].train
     rows = read_csv(run_dir / "Training.csv")
     assert [int(r["step"]) for r in rows] == list(range(train.log_every, STEPS + 1, train.log_every))
-    assert set(rows[0]) == {"step", "total", "contrastive", "reconstruction", "top1_retrieval", "lr", "seconds"}
+    assert set(rows[0]) == {"step", "total", "contrastive", "reconstruction", "dense", "top1_retrieval", "lr", "seconds"}
     snapshots = list(range(train.image_every, STEPS + 1, train.image_every))
     for key in VIEW_KEYS:
         assert (run_dir / "images" / f"{key}_input.nii.gz").is_file()
