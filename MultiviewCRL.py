@@ -149,18 +149,18 @@ class MultiviewCRLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onApply(self):
         if not self.ensureDependencies():
             return
-        from MultiviewCRLLib.slicer_nodes import BackgroundRunner, Cancelled
-
         p = self._parameterNode
-        self._runner = BackgroundRunner(slicer.app.processEvents)
         self.setBusy(True)
         self.ui.statusLabel.text = "Running the encoder and decoder…"
         try:
+            from MultiviewCRLLib.slicer_nodes import BackgroundRunner
+
+            self._runner = BackgroundRunner(slicer.app.processEvents)
             result = self.logic.process(p.inputT1, p.inputT2, p.modelFolder, p.device, runner=self._runner)
-        except Cancelled as stop:
-            self.ui.statusLabel.text = str(stop).capitalize() + "."
-            return
         except Exception as err:  # a library error says what is wrong; the panel adds what to do
+            if type(err).__name__ == "Cancelled":
+                self.ui.statusLabel.text = str(err).capitalize() + "."
+                return
             logging.exception("Multiview CRL analysis failed")
             message = f"{err}\n\n{REMEDIES.get(type(err).__name__, '')}".strip()
             self.ui.statusLabel.text = f"Failed: {err}"

@@ -175,8 +175,10 @@ class SpatialEncoder(nn.Module):
         logits = self.to_map(torch.cat([features, padded], dim=1))[..., : size[0], : size[1], : size[2]]
         return torch.softmax(logits, dim=1)
 
-    def forward(self, x: torch.Tensor, with_content: bool = False):
-        content = self.content_map(x)
+    def forward(self, x: torch.Tensor, with_content: bool = False, second_half_flips: tuple[int, ...] = ()):
+        """``second_half_flips``: axes along which the last half of ``x`` was flipped; its maps are
+        flipped back before anything else reads them (training's test of equivariance)."""
+        content = flip_second_half(self.content_map(x), second_half_flips)
         z = torch.cat([self.content_head(content), self.style_encoder(x)], dim=1)
         return (z, content) if with_content else z
 
@@ -239,6 +241,14 @@ def build_networks(config: ModelConfig, output_shape: tuple[int, int, int]) -> t
     if config.family == "spatial":
         return SpatialEncoder(config), SpatialDecoder(config, output_shape)
     return Encoder(config), Decoder(config, output_shape)
+
+
+def flip_second_half(x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+    """(2B, C, X, Y, Z) with its last B items flipped along ``axes`` (its own inverse)."""
+    if not axes:
+        return x
+    first, second = x.chunk(2)
+    return torch.cat([first, second.flip(list(axes))])
 
 
 def compose_latent(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ from .distributed import cross_rank_batchnorm, gather_rows, rank, world_size
 from .evaluation import encode
 from .losses import BaurLoss, ContentInfoNCE, DenseInfoNCE, retrieval_top1
 from ..runtime.device import select_device
-from ..runtime.networks import build_networks
+from ..runtime.networks import build_networks, flip_second_half
 from ..runtime.preprocessing import file_transforms, to_nifti
 from ..runtime.storage import atomic_save_nifti, atomic_torch_save, atomic_write_bytes
 
@@ -87,14 +87,6 @@ class TrainedModel:
     encoder: nn.Module
     decoder: nn.Module
     step: int
-
-
-def flip_second_half(x: torch.Tensor, axes: list[int]) -> torch.Tensor:
-    """(2B, C, X, Y, Z) with its last B items flipped along ``axes`` (its own inverse)."""
-    if not axes:
-        return x
-    first, second = x.chunk(2)
-    return torch.cat([first, second.flip(axes)])
 
 
 def checksum_path(checkpoint: Path) -> Path:
@@ -307,9 +299,12 @@ class Trainer:
         x = torch.cat([batch["t1"], batch["t2"]]).to(self.device, memory_format=self.memory_format)  # (2B, 1, X, Y, Z)
         # A step with a non-finite loss is skipped whole, BatchNorm running statistics included.
         buffers = {name: b.clone() for name, b in self.modules()[0].named_buffers()}
-        flips = self.second_view_flips()
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-            z, content = self.encoder(flip_second_half(x, flips), with_content=True)
+            if self.spatial:
+                flips = self.second_view_flips()
+                z, content = self.encoder(flip_second_half(x, flips), with_content=True, second_half_flips=flips)
+            else:
+                z, content = self.encoder(x, with_content=True)
             # Negatives from every rank: the contrastive loss sees the union batch.
             z1, z2 = (gather_rows(half) for half in z.chunk(2))
             contrastive = self.contrastive(z1, z2)
@@ -317,7 +312,7 @@ class Trainer:
                 # Self- and cross-view reconstruction: each view's map decoded with its own style and
                 # with the other view's must give that view; the self term gets the decoder going,
                 # the cross term makes the map hold what both views share and the style the rest.
-                maps, style = flip_second_half(content, flips).chunk(2), self.model_config.style(z)
+                maps, style = content.chunk(2), self.model_config.style(z)
                 swapped = torch.cat(style.chunk(2)[::-1])
                 target = torch.cat([x, torch.cat(x.chunk(2)[::-1])])
                 decoded = self.decoder(torch.cat([*maps, *maps]), torch.cat([style, swapped]))
@@ -350,13 +345,12 @@ class Trainer:
             "top1_retrieval": retrieval_top1(z1, z2, self.model_config.content_dim),
         }
 
-    def second_view_flips(self) -> list[int]:
-        """Spatial family: random axes along which the second view is flipped before encoding and
-        its map flipped back. A map that encoded position rather than anatomy (zero padding makes
+    @staticmethod
+    def second_view_flips() -> tuple[int, ...]:
+        """Random axes along which the second view is flipped before encoding and its map flipped
+        back (spatial family). A map that encoded position rather than anatomy (zero padding makes
         that possible) would then disagree between the views, so the dense loss cannot be met that way."""
-        if not self.spatial:
-            return []
-        return [axis for axis in (2, 3, 4) if torch.rand(()) < 0.5]
+        return tuple(axis for axis in (2, 3, 4) if torch.rand(()) < 0.5)
 
     @contextlib.contextmanager
     def checkpoint_on_signals(self):
