@@ -125,11 +125,11 @@ class Decoder(nn.Module):
         return self(compose_latent(content, style))
 
 
-class StyleEncoder(nn.Sequential):
-    """(B, 1, X, Y, Z) -> (B, out_features): strided stages, global pooling, centring, linear."""
+class PooledEncoder(nn.Sequential):
+    """(B, in_channels, X, Y, Z) -> (B, out_features): strided stages, global pooling, centring, linear."""
 
-    def __init__(self, channels: tuple[int, ...], stem_stride: int, groups: int, out_features: int):
-        channels = (1, *channels)
+    def __init__(self, channels: tuple[int, ...], stem_stride: int, groups: int, out_features: int, in_channels: int = 1):
+        channels = (in_channels, *channels)
         super().__init__(
             *(
                 EncoderStage(cin, cout, groups, stem_stride if i == 0 else 1)
@@ -161,10 +161,11 @@ class SpatialEncoder(nn.Module):
         self.unet = UNet(3, features[0], features[0], features, strides, num_res_units=1, norm=norm)
         self.multiple = 2 ** (len(strides) + 1)  # inputs are padded to it, so every level halves exactly
         self.to_map = nn.Conv3d(features[0] + 1, k, kernel_size=3, padding=1)
-        head = (k, *config.encoder_channels[1:])
-        self.content_head = StyleEncoder(head[1:], 2, config.norm_groups, config.content_dim)
-        self.content_head[0] = EncoderStage(k, head[1], config.norm_groups, 2)
-        self.style_encoder = StyleEncoder(config.encoder_channels, config.stem_stride, config.norm_groups, config.style_dim)
+        head_channels = config.encoder_channels[1:]
+        self.content_head = PooledEncoder(head_channels, 2, config.norm_groups, config.content_dim, in_channels=k)
+        self.style_encoder = PooledEncoder(
+            config.encoder_channels, config.stem_stride, config.norm_groups, config.style_dim
+        )
 
     def content_map(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, X, Y, Z) -> (B, K, X, Y, Z), a softmax over the K channels."""
