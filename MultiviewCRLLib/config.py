@@ -192,6 +192,9 @@ class Preset:
     cohort: CohortConfig
 
 
+# The CPU demo presets' model grid: 4 mm, half the report's resolution.
+DEMO_GRID = PreprocessingConfig(spacing_mm=(4.0, 4.0, 4.0), spatial_size=(48, 56, 48))
+
 PRESETS = {
     # The technical report: 2 mm, (91, 109, 91), encoder ~15.5M and decoder ~27.8M parameters.
     "seed": Preset(ModelConfig(), PreprocessingConfig(), TrainConfig(), CohortConfig()),
@@ -206,7 +209,7 @@ PRESETS = {
             refine_channels=(),
             norm_groups=8,
         ),
-        PreprocessingConfig(spacing_mm=(4.0, 4.0, 4.0), spatial_size=(48, 56, 48)),
+        DEMO_GRID,
         # Changed from the report for a CPU budget (README, "Training"): lr 10x so that few
         # steps learn; tau 0.1 so that InfoNCE keeps separating close subjects once batches are
         # easy; lambda 10x to keep the report's gradient balance against a 1/tau-larger InfoNCE;
@@ -237,7 +240,7 @@ PRESETS = {
             map_decoder_channels=(16, 8),
             field_shape=(3, 4, 3),
         ),
-        PreprocessingConfig(spacing_mm=(4.0, 4.0, 4.0), spatial_size=(48, 56, 48)),
+        DEMO_GRID,
         TrainConfig(
             steps=300,
             batch_size=4,

@@ -201,6 +201,14 @@ def reference_volumes(pairs: list[Pair], preprocessing) -> list[dict] | None:
     return [{key: preprocess_file(path, preprocessing)[0][0].as_tensor() for key, path in pair.items()} for pair in paths]
 
 
+def encoded_chunks(bundle: Bundle, images: list[dict], device, size: int = 8):
+    """(chunk of ``images``, (latents, contents) of its views as from ``encode_views``), chunk by chunk."""
+    for start in range(0, len(images), size):
+        chunk = images[start : start + size]
+        x = {VIEW_NAMES[k]: torch.stack([v[k] for v in chunk])[:, None].to(device) for k in VIEW_KEYS}
+        yield chunk, encode_views(bundle, x)
+
+
 @torch.no_grad()
 def image_quality(bundle: Bundle, images: list[dict], device, references: list[dict] | None = None):
     """PSNR and SSIM of every decoding kind (IMAGE_KINDS) of both views against the input and, when
@@ -210,10 +218,7 @@ def image_quality(bundle: Bundle, images: list[dict], device, references: list[d
     """
     model, decoder = bundle.model, bundle.decoder
     decoded = {f"{kind}_{key}": [] for kind in IMAGE_KINDS for key in VIEW_KEYS}
-    for start in range(0, len(images), 8):
-        chunk = images[start : start + 8]
-        x = {VIEW_NAMES[k]: torch.stack([v[k] for v in chunk])[:, None].to(device) for k in VIEW_KEYS}
-        latents, contents = encode_views(bundle, x)
+    for chunk, (latents, contents) in encoded_chunks(bundle, images, device):
         both = decode_views(bundle, latents, contents)
         for key in VIEW_KEYS:
             target, source = VIEW_NAMES[key], VIEW_NAMES[other_view(key)]
@@ -256,10 +261,7 @@ def image_quality(bundle: Bundle, images: list[dict], device, references: list[d
 def content_maps(bundle: Bundle, images: list[dict], device) -> list[dict]:
     """Spatial family: each subject's content maps {key: (K, X, Y, Z)} of both views."""
     maps = []
-    for start in range(0, len(images), 8):
-        chunk = images[start : start + 8]
-        x = {VIEW_NAMES[k]: torch.stack([v[k] for v in chunk])[:, None].to(device) for k in VIEW_KEYS}
-        _, contents = encode_views(bundle, x)
+    for chunk, (_, contents) in encoded_chunks(bundle, images, device):
         maps += [{k: contents[VIEW_NAMES[k]][i].float().cpu() for k in VIEW_KEYS} for i in range(len(chunk))]
     return maps
 
