@@ -250,6 +250,8 @@ class MultiviewCRLLogic(ScriptedLoadableModuleLogic):
         if analysis.nearest_cohort:
             nearest = ", ".join(f"{name} ({similarity:.2f})" for name, similarity in analysis.nearest_cohort[:3])
             lines.append(f"Nearest training subjects by content: {nearest}")
+        if analysis.stratum:
+            lines.append(f"Cohort stratum: {analysis.stratum}")
         return "\n".join(lines) or "Done."
 
 

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from MultiviewCRLLib.config import PRESETS, VIEWS
+from MultiviewCRLLib.runtime.strata import EMBEDDINGS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="random rigid (shared by both views) + intensity augmentation [off]",
+    )
+    train.add_argument(
+        "--separable",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="depthwise-separable convolutions in the encoder and decoder stages [off]",
     )
     train.add_argument("--log-every", type=int, help="steps between Training.csv rows")
     train.add_argument("--image-every", type=int, help="steps between decoded NIfTI snapshots")
@@ -133,6 +140,7 @@ def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         t2_pattern=args.t2_pattern,
         views=tuple(args.views),
         train_overrides=overrides,
+        model_overrides={} if args.separable is None else {"separable": args.separable},
         model_id=args.model_id,
         results=args.results,
         data_root=args.data_root,
@@ -149,14 +157,22 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trainer_cli.py evaluate",
         description="Evaluate a finished run on its test split: probes, retrieval, reconstruction, cross-view "
-        "synthesis, DCI and an untrained-encoder baseline. Writes metrics.json and report.png into the run "
-        "folder and its bundle.",
+        "synthesis, DCI and an untrained-encoder baseline; strata of the whole cohort (affinity propagation) and "
+        "their associations with every label column. Writes metrics.json, report.png, strata.tsv, strata.png and "
+        "strata.json into the run folder and its bundle.",
     )
     parser.add_argument("--run", type=Path, required=True, help="the run folder (results/{dataset}/{model_id})")
     parser.add_argument(
         "--data-root", type=Path, help="where the preprocessing cache lives (default: the one the run was trained with)"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--strata-embedding",
+        choices=EMBEDDINGS,
+        default="content",
+        help="what strata are found on: the content averaged over the views, or the fused embedding "
+        "(that content plus both views' styles)",
+    )
     return parser
 
 
@@ -177,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     from MultiviewCRLLib.runtime.bundle import BundleError, export_bundle
     from MultiviewCRLLib.runtime.device import DeviceError, select_device
     from MultiviewCRLLib.training.discovery import DiscoveryError
-    from MultiviewCRLLib.training.report import headline_table
+    from MultiviewCRLLib.training.report import headline_table, strata_summary
     from MultiviewCRLLib.training.runs import RunError, evaluate_run, train_run
     from MultiviewCRLLib.training.trainer import TrainingStopped
 
@@ -185,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["evaluate"]:
             args = build_evaluate_parser().parse_args(argv[1:])
             cache_root = args.data_root / "cache" if args.data_root else None
-            metrics = evaluate_run(args.run, cache_root, select_device(args.device))
-            print(f"{headline_table(metrics)}\n\nwrote {args.run / 'metrics.json'} and {args.run / 'report.png'}")
+            metrics = evaluate_run(args.run, cache_root, select_device(args.device), strata_embedding=args.strata_embedding)
+            print(f"{headline_table(metrics)}\n\n{strata_summary(metrics)}\n")
+            print(f"wrote {args.run / 'metrics.json'}, {args.run / 'report.png'} and {args.run / 'strata.png'}")
         elif argv[:1] == ["export"]:
             args = build_export_parser().parse_args(argv[1:])
             print(f"wrote {export_bundle(args.run / 'bundle', args.out, half=not args.float32)}")

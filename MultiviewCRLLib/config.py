@@ -101,6 +101,9 @@ class ModelConfig:
     the content U-Net's levels (MONAI UNet, run at half the model grid's resolution), ``map_decoder_channels`` the widths of the
     style-modulated decoder on the map, ``field_channels`` x ``field_shape`` the smooth field that
     the style draws (a view's bias field).
+
+    ``separable``: the encoder and decoder stages' convolutions and residual units become
+    depthwise-then-pointwise (both families; the spatial family's content U-Net stays standard).
     """
 
     family: str = "global"
@@ -117,6 +120,7 @@ class ModelConfig:
     map_decoder_channels: tuple[int, ...] = (32, 16)
     field_channels: int = 4
     field_shape: tuple[int, int, int] = (4, 4, 4)
+    separable: bool = False
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -163,6 +167,10 @@ class TrainConfig:
     dense_tau: float = 0.1
     dense_locations: int = 256
     map_agreement_weight: float = 1.0
+    # Spatial family: the cross-view reconstruction and the two maps' agreement terms grow linearly
+    # from 0 to their weights over these first steps, so the maps first learn to draw each view
+    # (uniform maps agree perfectly; asked to agree from the start, they stayed uniform).
+    warmup_steps: int = 0
     # Independent intensity augmentation per view (bias field, gamma, noise), so that content
     # cannot carry a view's contrast.
     view_augment: bool = False
@@ -250,6 +258,7 @@ PRESETS = {
             # Reconstruction leads: at 1e-4 the maps' agreement terms won and the maps went flat.
             scale_recon_loss=1e-3,
             map_agreement_weight=0.1,
+            warmup_steps=100,
             augment=True,
             view_augment=True,
             log_every=10,

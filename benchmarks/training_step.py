@@ -24,10 +24,13 @@ from MultiviewCRLLib.training.synthetic import generate_cohort
 from MultiviewCRLLib.training.trainer import Trainer
 
 
-def seconds_per_step(preset_name: str, pairs, run_dir: Path, device, steps: int, amp_dtype: str | None) -> float:
+def seconds_per_step(
+    preset_name: str, pairs, run_dir: Path, device, steps: int, amp_dtype: str | None, separable: bool = False
+) -> float:
     preset = PRESETS[preset_name]
     train = replace(preset.train, amp=amp_dtype is not None, amp_dtype=amp_dtype or "float16")
-    trainer = Trainer(run_dir, preset.model, preset.preprocessing, train, pairs, pairs[0], device=str(device))
+    model = replace(preset.model, separable=separable)
+    trainer = Trainer(run_dir, model, preset.preprocessing, train, pairs, pairs[0], device=str(device))
     dataset = paired_dataset(pairs, preset.preprocessing)
     batch = plain_collate([dataset[i] for i in range(train.batch_size)])
     trainer.train_step(batch)  # warm-up
@@ -41,12 +44,17 @@ def seconds_per_step(preset_name: str, pairs, run_dir: Path, device, steps: int,
     return (time.perf_counter() - start) / steps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def step_parser(description: str) -> argparse.ArgumentParser:
+    """The options of the benchmarks that time training steps of presets."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--presets", nargs="+", default=["demo", "spatial-demo"])
     parser.add_argument("--device", default="auto")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = step_parser(__doc__.splitlines()[0]).parse_args()
     device = select_device(args.device)
     precisions = [None, "bfloat16", "float16"] if device.type == "cuda" else [None]
     with tempfile.TemporaryDirectory() as tmp:

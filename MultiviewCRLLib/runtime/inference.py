@@ -18,6 +18,7 @@ from monai.data import MetaTensor
 from ..config import VIEWS, other_view
 from .bundle import Bundle
 from .preprocessing import preprocess_array
+from .strata import stratum_embedding
 
 
 def error_map(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -73,6 +74,7 @@ class PairAnalysis:
     content_cosine: float | None = None
     style_distance: float | None = None
     nearest_cohort: list[tuple[str, float]] = field(default_factory=list)  # (subject, content cosine)
+    stratum: str | None = None  # the cohort stratum the pair falls in, in words
 
 
 @torch.no_grad()
@@ -124,4 +126,19 @@ def analyse_pair(
         similarity = F.cosine_similarity(bundle.cohort_content, content[None], dim=1)
         order = similarity.argsort(descending=True)[:n_nearest]
         out.nearest_cohort = [(bundle.cohort_subjects[i], similarity[i].item()) for i in order.tolist()]
+    if bundle.strata is not None:
+        out.stratum = describe_stratum(bundle, out.latents)
     return out
+
+
+def describe_stratum(bundle: Bundle, latents: dict[str, torch.Tensor]) -> str:
+    """The stratum of the cohort nearest to a pair's {view: (latent_dim,)} latents, in words. A
+    missing view counts with the given view's content and the cohort's mean style of its own."""
+    model = bundle.model
+    given = next(iter(latents.values()))
+    full = {
+        view: latents[view] if view in latents else torch.cat([model.content(given), bundle.style_means[view]])
+        for view in VIEWS
+    }
+    embedding = stratum_embedding({v: z.double().numpy()[None] for v, z in full.items()}, model.content_dim, bundle.strata.embedding)
+    return bundle.strata.describe(bundle.strata.nearest(embedding[0]))

@@ -31,14 +31,66 @@ def _norm(channels: int, groups: int) -> tuple:
     return ("group", {"num_groups": min(groups, channels)})
 
 
+class SeparableConv3d(nn.Sequential):
+    """A depthwise k x k x k convolution (one filter per input channel) then a pointwise 1x1x1 one:
+    (B, Cin, S) -> (B, Cout, S / stride), or (B, Cout, 2S) when ``transposed`` (4x4x4, stride 2).
+    Parameters k^3 Cin + Cin Cout instead of k^3 Cin Cout."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, transposed: bool = False):
+        if transposed:
+            depthwise = nn.ConvTranspose3d(in_channels, in_channels, 4, stride=2, padding=1, groups=in_channels)
+        else:
+            depthwise = nn.Conv3d(in_channels, in_channels, 3, stride=stride, padding=1, groups=in_channels)
+        super().__init__(depthwise, nn.Conv3d(in_channels, out_channels, 1))
+
+
+def conv_block(
+    in_channels: int, out_channels: int, groups: int, separable: bool, stride: int = 1, transposed: bool = False
+) -> nn.Module:
+    """3x3x3 convolution (4x4x4 stride-2 transposed) + GroupNorm + ReLU: (B, Cin, S) -> (B, Cout, S').
+
+    ``separable`` makes it depthwise-then-pointwise, except on a single input channel (nothing to separate)."""
+    norm = _norm(out_channels, groups)
+    if not separable or in_channels == 1:
+        if transposed:
+            return Convolution(
+                3, in_channels, out_channels, strides=2, kernel_size=4, padding=1, output_padding=0,
+                is_transposed=True, act="relu", norm=norm,
+            )
+        return Convolution(3, in_channels, out_channels, strides=stride, act="relu", norm=norm)
+    return nn.Sequential(
+        SeparableConv3d(in_channels, out_channels, stride, transposed),
+        nn.GroupNorm(norm[1]["num_groups"], out_channels),
+        nn.ReLU(),
+    )
+
+
+class SeparableResidualUnit(nn.Module):
+    """x + ReLU(GroupNorm(separable conv(x))): MONAI's one-subunit ResidualUnit with a separable
+    convolution, (B, C, S) -> (B, C, S)."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.conv = conv_block(channels, channels, groups, separable=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x)
+
+
+def residual_unit(channels: int, groups: int, separable: bool) -> nn.Module:
+    """The mid-flow block: (B, C, S) -> (B, C, S)."""
+    if separable:
+        return SeparableResidualUnit(channels, groups)
+    return ResidualUnit(3, channels, channels, subunits=1, act="relu", norm=_norm(channels, groups))
+
+
 class EncoderStage(nn.Sequential):
     """conv 3x3x3 (+ GroupNorm + ReLU) -> residual unit -> 2x max-pool: (B, Cin, S) -> (B, Cout, S / (2 stride))."""
 
-    def __init__(self, in_channels: int, out_channels: int, groups: int, stride: int = 1):
-        norm = _norm(out_channels, groups)
+    def __init__(self, in_channels: int, out_channels: int, groups: int, stride: int = 1, separable: bool = False):
         super().__init__(
-            Convolution(3, in_channels, out_channels, strides=stride, act="relu", norm=norm),
-            ResidualUnit(3, out_channels, out_channels, subunits=1, act="relu", norm=norm),
+            conv_block(in_channels, out_channels, groups, separable, stride),
+            residual_unit(out_channels, groups, separable),
             nn.MaxPool3d(2, ceil_mode=True),
         )
 
@@ -58,7 +110,7 @@ class Encoder(nn.Module):
         channels = (1, *config.encoder_channels)
         self.stages = nn.Sequential(
             *(
-                EncoderStage(cin, cout, config.norm_groups, config.stem_stride if i == 0 else 1)
+                EncoderStage(cin, cout, config.norm_groups, config.stem_stride if i == 0 else 1, config.separable)
                 for i, (cin, cout) in enumerate(zip(channels[:-1], channels[1:]))
             )
         )
@@ -75,22 +127,10 @@ class Encoder(nn.Module):
 class DecoderStage(nn.Sequential):
     """transposed conv 4x4x4 stride 2 (+ GroupNorm + ReLU) -> residual unit: (B, Cin, S) -> (B, Cout, 2S)."""
 
-    def __init__(self, in_channels: int, out_channels: int, groups: int):
-        norm = _norm(out_channels, groups)
+    def __init__(self, in_channels: int, out_channels: int, groups: int, separable: bool = False):
         super().__init__(
-            Convolution(
-                3,
-                in_channels,
-                out_channels,
-                strides=2,
-                kernel_size=4,
-                padding=1,
-                output_padding=0,
-                is_transposed=True,
-                act="relu",
-                norm=norm,
-            ),
-            ResidualUnit(3, out_channels, out_channels, subunits=1, act="relu", norm=norm),
+            conv_block(in_channels, out_channels, groups, separable, transposed=True),
+            residual_unit(out_channels, groups, separable),
         )
 
 
@@ -106,12 +146,10 @@ class Decoder(nn.Module):
         self.fc = nn.Linear(config.latent_dim, start_voxels)
         channels = config.decoder_channels
         self.stages = nn.Sequential(
-            *(DecoderStage(a, b, config.norm_groups) for a, b in zip(channels[:-1], channels[1:]))
+            *(DecoderStage(a, b, config.norm_groups, config.separable) for a, b in zip(channels[:-1], channels[1:]))
         )
         refine = (channels[-1], *config.refine_channels)
-        layers = [
-            Convolution(3, a, b, act="relu", norm=_norm(b, config.norm_groups)) for a, b in zip(refine[:-1], refine[1:])
-        ]
+        layers = [conv_block(a, b, config.norm_groups, config.separable) for a, b in zip(refine[:-1], refine[1:])]
         layers.append(Convolution(3, refine[-1], 1, conv_only=True))
         self.refine = nn.Sequential(*layers)
 
@@ -128,11 +166,19 @@ class Decoder(nn.Module):
 class PooledEncoder(nn.Sequential):
     """(B, in_channels, X, Y, Z) -> (B, out_features): strided stages, global pooling, centring, linear."""
 
-    def __init__(self, channels: tuple[int, ...], stem_stride: int, groups: int, out_features: int, in_channels: int = 1):
+    def __init__(
+        self,
+        channels: tuple[int, ...],
+        stem_stride: int,
+        groups: int,
+        out_features: int,
+        in_channels: int = 1,
+        separable: bool = False,
+    ):
         channels = (in_channels, *channels)
         super().__init__(
             *(
-                EncoderStage(cin, cout, groups, stem_stride if i == 0 else 1)
+                EncoderStage(cin, cout, groups, stem_stride if i == 0 else 1, separable)
                 for i, (cin, cout) in enumerate(zip(channels[:-1], channels[1:]))
             ),
             nn.AdaptiveAvgPool3d(1),
@@ -146,41 +192,51 @@ class SpatialEncoder(nn.Module):
     """(B, 1, X, Y, Z) -> z (B, latent_dim), and the content map (B, K, X, Y, Z) with ``with_content``.
 
     The map is a softmax over K channels at every voxel (a soft tissue code): a bottleneck that
-    leaves little room for contrast. The content block of z is a strided head on the map, so the
-    content InfoNCE acts through the map; the style block comes from the image.
+    leaves little room for contrast. The content block of z is a strided head on the map; the
+    content InfoNCE trains that head but does not reach back into the map, which the
+    reconstruction and dense losses shape (with the InfoNCE's gradient in it, the map stayed
+    uniform and the decoded images flat). The style block comes from the image.
     """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         k, features = config.map_channels, config.map_unet_channels
-        # The U-Net runs at half resolution (full-resolution convolutions dominate a CPU step); a
-        # last convolution on its upsampled features and the image itself gives the full-resolution map.
         norm = ("group", {"num_groups": config.norm_groups})
+        # Two paths add their logits: full-resolution convolutions on the image give each voxel's
+        # tissue code its sharpness (without them the map stayed uniform for hundreds of steps),
+        # and a U-Net at half resolution (full-resolution U-Net levels dominate a CPU step) gives
+        # the context that tells one contrast's tissue from another's.
+        self.local = nn.Sequential(
+            Convolution(3, 1, features[0], act=("leakyrelu", {"negative_slope": 0.1}), norm=norm),
+            Convolution(3, features[0], features[0], act=("leakyrelu", {"negative_slope": 0.1}), norm=norm),
+            nn.Conv3d(features[0], k, kernel_size=1),
+        )
         self.down = Convolution(3, 1, features[0], strides=2, act="leakyrelu", norm=norm)
         strides = (2,) * (len(features) - 1)
         self.unet = UNet(3, features[0], features[0], features, strides, num_res_units=1, norm=norm)
         self.multiple = 2 ** (len(strides) + 1)  # inputs are padded to it, so every level halves exactly
-        self.to_map = nn.Conv3d(features[0] + 1, k, kernel_size=3, padding=1)
+        self.to_map = nn.Conv3d(features[0], k, kernel_size=3, padding=1)
         head_channels = config.encoder_channels[1:]
-        self.content_head = PooledEncoder(head_channels, 2, config.norm_groups, config.content_dim, in_channels=k)
+        self.content_head = PooledEncoder(
+            head_channels, 2, config.norm_groups, config.content_dim, in_channels=k, separable=config.separable
+        )
         self.style_encoder = PooledEncoder(
-            config.encoder_channels, config.stem_stride, config.norm_groups, config.style_dim
+            config.encoder_channels, config.stem_stride, config.norm_groups, config.style_dim, separable=config.separable
         )
 
     def content_map(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, X, Y, Z) -> (B, K, X, Y, Z), a softmax over the K channels."""
         size = x.shape[2:]
         padding = [p for n in reversed(size) for p in (0, -n % self.multiple)]
-        padded = F.pad(x, padding)
-        features = F.interpolate(self.unet(self.down(padded)), size=padded.shape[2:], mode="trilinear")
-        logits = self.to_map(torch.cat([features, padded], dim=1))[..., : size[0], : size[1], : size[2]]
+        context = F.interpolate(self.unet(self.down(F.pad(x, padding))), scale_factor=2, mode="trilinear")
+        logits = self.to_map(context)[..., : size[0], : size[1], : size[2]] + self.local(x)
         return torch.softmax(logits, dim=1)
 
     def forward(self, x: torch.Tensor, with_content: bool = False, second_half_flips: tuple[int, ...] = ()):
         """``second_half_flips``: axes along which the last half of ``x`` was flipped; its maps are
         flipped back before anything else reads them (training's test of equivariance)."""
         content = flip_second_half(self.content_map(x), second_half_flips)
-        z = torch.cat([self.content_head(content), self.style_encoder(x)], dim=1)
+        z = torch.cat([self.content_head(content.detach()), self.style_encoder(x)], dim=1)
         return (z, content) if with_content else z
 
 

@@ -257,6 +257,45 @@ def image_quality(bundle: Bundle, images: list[dict], device, references: list[d
     return metrics, per_subject
 
 
+def contrast_to_noise(image: torch.Tensor, bright: torch.Tensor, dark: torch.Tensor) -> float:
+    """|mean(bright) - mean(dark)| / pooled standard deviation of two voxel classes of an image."""
+    a, b = image[bright].double(), image[dark].double()
+    return ((a.mean() - b.mean()).abs() / ((a.var() + b.var()) / 2).sqrt().clamp_min(1e-12)).item()
+
+
+@torch.no_grad()
+def fused_reconstruction(bundle: Bundle, images: list[dict], device) -> dict:
+    """Each view decoded from the subject's fused embedding: the content averaged over both views
+    (the map in the spatial family) with that view's style. Its size against the two volumes'
+    voxels, the MSE inside the brain, and the CNR retention: the decoded image's contrast-to-noise
+    ratio between the input's brighter and darker halves of brain voxels, over the input's."""
+    model = bundle.model
+    errors, retention = {k: [] for k in VIEW_KEYS}, {k: [] for k in VIEW_KEYS}
+    for chunk, (latents, contents) in encoded_chunks(bundle, images, device):
+        fused_content = torch.stack([contents[v] for v in VIEW_NAMES.values()]).mean(0)
+        for key, view in VIEW_NAMES.items():
+            decoded = bundle.decoder.decode(fused_content, model.style(latents[view]))[:, 0].float().cpu()
+            for volume, item in zip(decoded, chunk):
+                inside, target = item[f"mask_{key}"] > 0.5, item[key]
+                errors[key].append((volume - target)[inside].pow(2).mean().item())
+                bright = inside & (target > target[inside].median())
+                dark = inside & ~bright
+                retention[key].append(contrast_to_noise(volume, bright, dark) / contrast_to_noise(target, bright, dark))
+        content_values = fused_content[0].numel()
+    values = content_values + len(VIEW_KEYS) * model.style_dim
+    voxels = len(VIEW_KEYS) * math.prod(images[0]["t1"].shape)
+    out = {
+        "fused_embedding_values": metric(values, "numbers a subject's fused embedding holds (content + both styles)"),
+        "fused_compression_ratio": metric(voxels / values, "voxels of both preprocessed views per fused value"),
+    }
+    for key, view in VIEW_NAMES.items():
+        out[f"fused_mse_{key}"] = metric(np.mean(errors[key]), f"MSE inside the brain of {view} decoded from the fused embedding")
+        out[f"fused_cnr_retention_{key}"] = metric(
+            np.mean(retention[key]), f"CNR of {view} decoded from the fused embedding over the input's (1 = kept)"
+        )
+    return out
+
+
 @torch.no_grad()
 def content_maps(bundle: Bundle, images: list[dict], device) -> list[dict]:
     """Spatial family: each subject's content maps {key: (K, X, Y, Z)} of both views."""
@@ -442,6 +481,7 @@ def evaluate(bundle: Bundle, val_pairs: list[Pair], test_pairs: list[Pair], cach
     references = reference_volumes(test_pairs, prep)
     image_metrics, decoded = image_quality(bundle, images, device, references)
     metrics["trained"].update(image_metrics)
+    metrics["trained"].update(fused_reconstruction(bundle, images, device))
     torch.manual_seed(seed)
     untrained = build_networks(bundle.model, prep.spatial_size)[0].to(device)  # in eval mode, as initialised
     metrics["untrained_baseline"] = representation_metrics(
@@ -452,7 +492,7 @@ def evaluate(bundle: Bundle, val_pairs: list[Pair], test_pairs: list[Pair], cach
         "untrained",
     )
     metrics["subjects"] = {"val": len(val_pairs), "test": len(test_pairs)}
-    material = {"images": images, "decoded": decoded, "subjects": [p.key for p in test_pairs]}
+    material = {"images": images, "decoded": decoded, "subjects": [p.key for p in test_pairs], "encoded": (val, test)}
     if bundle.model.family == "spatial":
         material["maps"] = maps[1]
     return metrics, material

@@ -43,17 +43,38 @@ HEADLINE = [
 ]
 
 
+def headline_value(metrics: dict, group: str, keys) -> str:
+    """One headline figure of a metrics.json group as text: "0.953", or "18.2 / 17.5" for a pair of keys."""
+    found = [metrics.get(group, {}).get(key, {}).get("value") for key in ([keys] if isinstance(keys, str) else keys)]
+    return " / ".join("—" if v is None else f"{v:.3f}" for v in found)
+
+
+def comparison_table(columns: dict[str, tuple[dict, str]], rows=HEADLINE) -> str:
+    """Plain-text rows of headline figures, one column per {title: (metrics, group)}."""
+    width = max(len(label) for label, _ in rows)
+    lines = [f"{'figure (test split)':<{width}}" + "".join(f"  {title:>15}" for title in columns)]
+    for label, keys in rows:
+        lines.append(f"{label:<{width}}" + "".join(f"  {headline_value(m, g, keys):>15}" for m, g in columns.values()))
+    return "\n".join(lines)
+
+
 def headline_table(metrics: dict) -> str:
     """The evaluation's headline figures beside the untrained encoder's, as plain-text rows."""
+    return comparison_table({"trained": (metrics, "trained"), "untrained": (metrics, "untrained_baseline")})
 
-    def value(group: str, keys) -> str:
-        found = [metrics.get(group, {}).get(key, {}).get("value") for key in ([keys] if isinstance(keys, str) else keys)]
-        return " / ".join("—" if v is None else f"{v:.3f}" for v in found)
 
-    rows = [(label, value("trained", keys), value("untrained_baseline", keys)) for label, keys in HEADLINE]
-    width = max(len(label) for label, _, _ in rows)
-    lines = [f"{'figure (test split)':<{width}}  {'trained':>15}  {'untrained':>15}"]
-    lines += [f"{label:<{width}}  {a:>15}  {b:>15}" for label, a, b in rows]
+def strata_summary(metrics: dict) -> str:
+    """The cohort's strata in plain lines: count, stability, each stratum in words, the label
+    columns associated with them, and any notice."""
+    strata = metrics.get("strata", {})
+    lines = [f"strata of the cohort ({strata.get('embedding', '?')} embedding, {strata.get('subjects', 0)} subjects):"]
+    if "strata" in strata:
+        ari = strata["stability_adjusted_rand"]
+        lines.append(f"  {strata['strata']} strata; split-half adjusted Rand {'—' if ari is None else f'{ari:.2f}'}")
+        lines += [f"  {text}" for text in strata["descriptions"]]
+        associated = [f"{a['column']} (q={a['q']:.2g})" for a in strata["associations"] if a["significant"]]
+        lines.append(f"  associated (q < 0.05): {', '.join(associated) or 'none'}")
+    lines += [f"  notice: {notice}" for notice in strata.get("notices", [])]
     return "\n".join(lines)
 
 

@@ -11,12 +11,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from . import distributed
-from ..config import PRESETS, VIEWS, CohortConfig
+from ..config import PRESETS, VIEWS, CohortConfig, ModelConfig
 from .data import assign_splits, read_splits, write_splits
 from .discovery import DiscoveryReport, discover
 from ..runtime.storage import atomic_write_json, probe_writable
 from .synthetic import generate_cohort
-from .report import headline_table
+from .report import headline_table, strata_summary
 from .trainer import Trainer, latest_checkpoint, write_bundle
 
 MIN_EVALUATION_SUBJECTS = 4
@@ -36,6 +36,7 @@ class RunRequest:
     t2_pattern: str | None = None
     views: tuple[str, str] = VIEWS
     train_overrides: dict = field(default_factory=dict)
+    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {"separable": True}
     model_id: str | None = None
     results: Path = Path("results")
     data_root: Path | None = None  # synthetic cohort and preprocessing cache; None: ./data, or a resumed run's
@@ -121,8 +122,12 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
             # The cache the run filled, unless another is asked for.
             data_root=request.data_root or Path(settings.get("data_root", DEFAULT_DATA_ROOT)),
             train_overrides={**settings["train"], **request.train_overrides},
+            model_overrides=settings["model"],
         )
     preset = PRESETS[request.preset]
+    if request.model_overrides:
+        model = ModelConfig.from_dict({**preset.model.to_dict(), **request.model_overrides})
+        preset = replace(preset, model=model)
     train_config = replace(preset.train, **request.train_overrides) if request.train_overrides else preset.train
     distributed.init_from_env()
     if not distributed.is_main():
@@ -184,7 +189,9 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
     print(f"  model bundle: {bundle}")
     if evaluated:
         print(f"  evaluation: {run_dir / 'metrics.json'} and {run_dir / 'report.png'} (copied into the bundle)")
-        print(f"\n{headline_table(metrics)}\n\npicture of inputs, reconstructions and cross-view images: {run_dir / 'report.png'}")
+        print(f"\n{headline_table(metrics)}\n\n{strata_summary(metrics)}\n")
+        print(f"picture of inputs, reconstructions and cross-view images: {run_dir / 'report.png'}")
+        print(f"strata of the cohort: {run_dir / 'strata.png'}")
     distributed.barrier()
     return run_dir
 
@@ -235,14 +242,22 @@ def run_pairs(run_dir: Path) -> tuple[dict, dict[str, list]]:
     return settings, split_pairs(report, read_splits(run_dir / "splits.tsv"))
 
 
-def evaluate_run(run_dir: Path, cache_root: Path | None = None, device="cpu", by_split: dict | None = None) -> dict:
-    """metrics.json and report.png for a finished run, in the run folder and in its bundle.
+def evaluate_run(
+    run_dir: Path,
+    cache_root: Path | None = None,
+    device="cpu",
+    by_split: dict | None = None,
+    strata_embedding: str = "content",
+) -> dict:
+    """metrics.json, report.png and the cohort's strata (strata.tsv, strata.png, strata.json) for
+    a finished run, in the run folder and in its bundle.
 
     ``by_split`` spares a second discovery pass (which reads every volume) right after training.
     """
     from ..runtime.bundle import load_bundle
     from .evaluation import evaluate
     from .report import write_report
+    from .strata import stratify_run
     from .trainer import read_training_csv
 
     run_dir = Path(run_dir)
@@ -257,8 +272,12 @@ def evaluate_run(run_dir: Path, cache_root: Path | None = None, device="cpu", by
     bundle = load_bundle(run_dir / "bundle", device)
     cache_root = cache_root or Path(settings.get("data_root", DEFAULT_DATA_ROOT)) / "cache"
     metrics, material = evaluate(bundle, by_split["val"], by_split["test"], cache_root, device, settings["seed"])
+    folders = (run_dir, run_dir / "bundle")
+    metrics["strata"] = stratify_run(
+        bundle, by_split, material["encoded"], cache_root, device, folders, strata_embedding, settings["seed"]
+    )
     rows = read_training_csv(run_dir / "Training.csv")
-    for folder in (run_dir, run_dir / "bundle"):
+    for folder in folders:
         atomic_write_json(folder / "metrics.json", metrics)
         write_report(metrics, material, rows, folder / "report.png")
     return metrics

@@ -149,6 +149,18 @@ def factor_names() -> tuple[list[str], dict[str, list[str]]]:
     return content, style
 
 
+# Words for a stratum whose median factor lies above or below the cohort's (the Slicer panel's).
+FACTOR_PHRASES = {
+    "brain_scale": ("larger brains", "smaller brains"),
+    "ventricle_enlargement": ("larger ventricles", "smaller ventricles"),
+    "lesion_load": ("more lesion load", "less lesion load"),
+    **{f"deform_{k}": (f"more of shape mode {k}", f"less of shape mode {k}") for k in (1, 2, 3)},
+    "lesion_x": ("lesions further right", "lesions further left"),
+    "lesion_y": ("lesions further anterior", "lesions further posterior"),
+    "lesion_z": ("lesions higher", "lesions lower"),
+}
+
+
 def draw_design(n_subjects: int, seed: int) -> list[dict[str, float]]:
     """Draw every subject's design variables in [low, high] as a Latin hypercube.
 

@@ -314,14 +314,17 @@ class Trainer:
                 # the cross term makes the map hold what both views share and the style the rest.
                 maps, style = content.chunk(2), self.model_config.style(z)
                 swapped = torch.cat(style.chunk(2)[::-1])
-                target = torch.cat([x, torch.cat(x.chunk(2)[::-1])])
-                decoded = self.decoder(torch.cat([*maps, *maps]), torch.cat([style, swapped]))
+                own, cross = self.decoder(torch.cat([*maps, *maps]), torch.cat([style, swapped])).chunk(2)
+                ramp = min(1.0, self.step / self.config.warmup_steps) if self.config.warmup_steps else 1.0
+                reconstruction = (
+                    self.reconstruction(own, x) + ramp * self.reconstruction(cross, torch.cat(x.chunk(2)[::-1]))
+                ) / (1 + ramp)
                 mask = batch["mask_t1"].to(self.device) * batch["mask_t2"].to(self.device)
                 dense = self.config.dense_weight * self.dense["head"](*maps, mask)
-                dense = dense + self.config.map_agreement_weight * (maps[0] - maps[1]).abs().sum(1).mean()
+                dense = ramp * (dense + self.config.map_agreement_weight * (maps[0] - maps[1]).abs().sum(1).mean())
             else:
-                target, decoded, dense = x, self.decoder(z), torch.zeros((), device=self.device)
-        reconstruction = self.reconstruction(decoded, target)  # this rank's mean; DDP averages the gradients
+                reconstruction = self.reconstruction(self.decoder(z), x)  # this rank's mean; DDP averages the gradients
+                dense = torch.zeros((), device=self.device)
         total = contrastive + self.config.scale_recon_loss * reconstruction + dense
         self.optimizer.zero_grad(set_to_none=True)
         finite = not self.all_ranks_max(float(not torch.isfinite(total)))

@@ -1,12 +1,20 @@
 """Networks at the report's size and the two losses against their reference values."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from MultiviewCRLLib.config import PRESETS, ModelConfig
-from MultiviewCRLLib.runtime.networks import Decoder, Encoder, SpatialEncoder, build_networks, count_parameters
+from MultiviewCRLLib.runtime.networks import (
+    Decoder,
+    Encoder,
+    SpatialEncoder,
+    build_networks,
+    count_parameters,
+    residual_unit,
+)
 from MultiviewCRLLib.training.losses import BaurLoss, ContentInfoNCE, DenseInfoNCE, retrieval_top1
 
 
@@ -106,6 +114,15 @@ def test_spatial_family_shapes_and_map(name):
     assert decoder.decode(content_map, style[:1]).shape == x.shape  # one style (a cohort mean) for all
 
 
+def test_content_infonce_trains_the_head_not_the_map():
+    preset = PRESETS["tiny-spatial"]
+    encoder, _ = build_networks(preset.model, preset.preprocessing.spatial_size)
+    z = encoder(torch.randn(2, 1, *preset.preprocessing.spatial_size))
+    preset.model.content(z).square().sum().backward()
+    assert all(p.grad is None for p in (*encoder.local.parameters(), *encoder.unet.parameters()))
+    assert all(p.grad is not None for p in encoder.content_head.parameters())
+
+
 def test_spatial_decoder_draws_a_smooth_field_from_the_style():
     preset = PRESETS["tiny-spatial"]
     _, decoder = build_networks(preset.model, preset.preprocessing.spatial_size)
@@ -131,3 +148,29 @@ def test_dense_infonce_prefers_agreeing_maps():
     mask[:, :, :8] = 0  # locations are drawn inside the mask only
     index = torch.multinomial(mask.flatten(1) + 1e-6, 256, replacement=True)
     assert (index >= 8 * 16 * 16).float().mean() > 0.99
+
+
+@pytest.mark.parametrize("width", [64, 256, 512])
+def test_separable_mid_flow_block_has_about_20x_fewer_parameters(width):
+    standard, separable = residual_unit(width, 16, False), residual_unit(width, 16, True)
+    ratio = count_parameters(standard) / count_parameters(separable)
+    assert 15 < ratio < 30
+    x = torch.randn(1, width, 6, 6, 6)
+    assert separable(x).shape == standard(x).shape == x.shape
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-spatial"])
+def test_separable_option_in_both_families(name):
+    preset = PRESETS[name]
+    model = replace(preset.model, separable=True)
+    assert ModelConfig.from_dict(model.to_dict()).separable
+    encoder, decoder = build_networks(model, preset.preprocessing.spatial_size)
+    standard = sum(count_parameters(m) for m in build_networks(preset.model, preset.preprocessing.spatial_size))
+    assert count_parameters(encoder) + count_parameters(decoder) < standard
+    assert any(m.groups > 1 for m in encoder.modules() if isinstance(m, torch.nn.Conv3d))  # depthwise convolutions
+    x = torch.randn(2, 1, *preset.preprocessing.spatial_size)
+    z, content = encoder(x, with_content=True)
+    decoded = decoder.decode(content, model.style(z))
+    assert decoded.shape == x.shape
+    decoded.abs().mean().backward()
+    assert all(p.grad is not None for p in encoder.parameters())
