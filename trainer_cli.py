@@ -4,7 +4,8 @@
 With no arguments it runs the main job: builds the embedded synthetic cohort once, trains the
 CPU-sized ``demo`` preset, writes a model bundle and evaluates it. ``trainer_cli.py evaluate
 --run RUN_DIR`` evaluates a finished run again; ``trainer_cli.py export --run RUN_DIR --out FOLDER``
-copies its bundle (float16) for the Slicer module. The technical report's command works as
+copies its bundle (float16) for the Slicer module; ``trainer_cli.py stratify --bundle B --cohort
+DIR`` adds a cohort's strata to a bundle that has none. The technical report's command works as
 written, e.g.::
 
     python trainer_cli.py --dataroot /data --dataset_name ADNI --t1-pattern '*T1w*.nii.gz' \\
@@ -166,6 +167,11 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
         "--data-root", type=Path, help="where the preprocessing cache lives (default: the one the run was trained with)"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    strata_embedding_argument(parser)
+    return parser
+
+
+def strata_embedding_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strata-embedding",
         choices=EMBEDDINGS,
@@ -173,6 +179,21 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
         help="what strata are found on: the content averaged over the views, or the fused embedding "
         "(that content plus both views' styles)",
     )
+
+
+def build_stratify_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trainer_cli.py stratify",
+        description="Find the strata of a cohort under an existing bundle (e.g. one exported before strata "
+        "existed) and add them to it: strata.json (what the Slicer panel names), strata.tsv, strata.png, and "
+        "the 'strata' section of its metrics.json.",
+    )
+    parser.add_argument("--bundle", type=Path, required=True, help="the model bundle folder")
+    parser.add_argument("--cohort", type=Path, required=True, help="a BIDS folder or a manifest CSV/TSV")
+    parser.add_argument("--data-root", type=Path, default=Path("data"), help="where the preprocessing cache lives")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--seed", type=int, default=0)
+    strata_embedding_argument(parser)
     return parser
 
 
@@ -194,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     from MultiviewCRLLib.runtime.device import DeviceError, select_device
     from MultiviewCRLLib.training.discovery import DiscoveryError
     from MultiviewCRLLib.training.report import headline_table, strata_summary
-    from MultiviewCRLLib.training.runs import RunError, evaluate_run, train_run
+    from MultiviewCRLLib.training.runs import RunError, evaluate_run, stratify_bundle, train_run
     from MultiviewCRLLib.training.trainer import TrainingStopped
 
     try:
@@ -204,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
             metrics = evaluate_run(args.run, cache_root, select_device(args.device), strata_embedding=args.strata_embedding)
             print(f"{headline_table(metrics)}\n\n{strata_summary(metrics)}\n")
             print(f"wrote {args.run / 'metrics.json'}, {args.run / 'report.png'} and {args.run / 'strata.png'}")
+        elif argv[:1] == ["stratify"]:
+            args = build_stratify_parser().parse_args(argv[1:])
+            metrics = stratify_bundle(
+                args.bundle, args.cohort, args.data_root / "cache", select_device(args.device), args.strata_embedding, args.seed
+            )
+            print(f"{strata_summary(metrics)}\n\nwrote the strata into {args.bundle}")
         elif argv[:1] == ["export"]:
             args = build_export_parser().parse_args(argv[1:])
             print(f"wrote {export_bundle(args.run / 'bundle', args.out, half=not args.float32)}")

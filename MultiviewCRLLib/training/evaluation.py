@@ -492,7 +492,7 @@ def evaluate(bundle: Bundle, val_pairs: list[Pair], test_pairs: list[Pair], cach
         "untrained",
     )
     metrics["subjects"] = {"val": len(val_pairs), "test": len(test_pairs)}
-    material = {"images": images, "decoded": decoded, "subjects": [p.key for p in test_pairs], "encoded": (val, test)}
+    material = {"images": images, "decoded": decoded, "subjects": [p.key for p in test_pairs]}
     if bundle.model.family == "spatial":
         material["maps"] = maps[1]
     return metrics, material

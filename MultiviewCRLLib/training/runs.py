@@ -257,7 +257,7 @@ def evaluate_run(
     from ..runtime.bundle import load_bundle
     from .evaluation import evaluate
     from .report import write_report
-    from .strata import stratify_run
+    from .strata import stratify_cohort
     from .trainer import read_training_csv
 
     run_dir = Path(run_dir)
@@ -273,11 +273,29 @@ def evaluate_run(
     cache_root = cache_root or Path(settings.get("data_root", DEFAULT_DATA_ROOT)) / "cache"
     metrics, material = evaluate(bundle, by_split["val"], by_split["test"], cache_root, device, settings["seed"])
     folders = (run_dir, run_dir / "bundle")
-    metrics["strata"] = stratify_run(
-        bundle, by_split, material["encoded"], cache_root, device, folders, strata_embedding, settings["seed"]
-    )
+    everyone = [p for split in ("train", "val", "test") for p in by_split[split]]
+    metrics["strata"] = stratify_cohort(bundle, everyone, cache_root, device, folders, strata_embedding, settings["seed"])
     rows = read_training_csv(run_dir / "Training.csv")
     for folder in folders:
         atomic_write_json(folder / "metrics.json", metrics)
         write_report(metrics, material, rows, folder / "report.png")
+    return metrics
+
+
+def stratify_bundle(bundle_dir: Path, cohort: Path, cache_root: Path, device="cpu", kind="content", seed=0) -> dict:
+    """Add the strata of ``cohort`` (BIDS folder or manifest) to an existing bundle; strata it
+    already has are never replaced. Returns the bundle's metrics with the new ``strata`` section."""
+    from ..runtime.bundle import load_bundle
+    from ..runtime.strata import STRATA
+    from .strata import stratify_cohort
+
+    bundle_dir = Path(bundle_dir)
+    if (bundle_dir / STRATA).exists():
+        raise RunError(f"{bundle_dir / STRATA} exists; remove it first to stratify again")
+    bundle = load_bundle(bundle_dir, device)
+    pairs = discover(Path(cohort)).kept
+    metrics_path = bundle_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics["strata"] = stratify_cohort(bundle, pairs, cache_root, device, (bundle_dir,), kind, seed)
+    atomic_write_json(metrics_path, metrics)
     return metrics

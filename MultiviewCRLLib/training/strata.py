@@ -210,15 +210,12 @@ def stratify(
     return StrataResult(strata, labels, exemplars, tests, stability, coordinates, notices)
 
 
-def cohort_latents(bundle, by_split: dict[str, list[Pair]], encoded: tuple, cache_root, device) -> tuple[list[Pair], dict]:
-    """Every subject of the run (train, then the already encoded val and test) and their
-    {view: (N, latent_dim)} latents."""
+def cohort_latents(bundle, pairs: list[Pair], cache_root, device) -> dict[str, np.ndarray]:
+    """{view: (N, latent_dim)} latents of ``pairs``."""
     from .evaluation import encode
 
-    train = encode(bundle.encoder, by_split["train"], bundle.preprocessing, cache_root, device)
-    parts = (train, *encoded)
-    pairs = [p for part in parts for p in part.pairs]
-    return pairs, {view: np.concatenate([getattr(part, key) for part in parts]) for key, view in VIEW_NAMES.items()}
+    encoded = encode(bundle.encoder, pairs, bundle.preprocessing, cache_root, device)
+    return {view: getattr(encoded, key) for key, view in VIEW_NAMES.items()}
 
 
 def strata_metrics(result: StrataResult, pairs: list[Pair]) -> dict:
@@ -279,14 +276,15 @@ def write_strata_figure(path, result: StrataResult) -> None:
     plt.close(fig)
 
 
-def stratify_run(bundle, by_split, encoded, cache_root, device, folders, kind: str = "content", seed: int = 0) -> dict:
-    """Strata of a run's whole cohort: the metrics.json section, and strata.tsv, strata.png and the
-    bundle's strata.json in each of ``folders``. A cohort that cannot be stratified gets a notice."""
+def stratify_cohort(bundle, pairs: list[Pair], cache_root, device, folders, kind: str = "content", seed: int = 0) -> dict:
+    """Strata of a cohort (a run's every split) under a bundle: the metrics.json section, and
+    strata.tsv, strata.png and the bundle's strata.json in each of ``folders``. A cohort that
+    cannot be stratified gets a notice instead."""
     from ..runtime.storage import atomic_write_json
     from ..runtime.strata import STRATA, stratum_embedding
     from .synthetic import FACTOR_PHRASES
 
-    pairs, latents = cohort_latents(bundle, by_split, encoded, cache_root, device)
+    latents = cohort_latents(bundle, pairs, cache_root, device)
     try:
         result = stratify(stratum_embedding(latents, bundle.content_dim, kind), pairs, kind, FACTOR_PHRASES, seed)
     except StrataNotice as notice:

@@ -114,3 +114,19 @@ def test_broken_strata_file_is_refused(tiny_run_dir, tmp_path):
     (exported / "strata.json").write_text('{"embedding": "content"}')
     with pytest.raises(BundleError, match="strata.json is invalid"):
         load_bundle(exported)
+
+
+def test_stratify_adds_strata_to_a_bundle_without_them(tiny_run_dir, tmp_path, capsys):
+    from trainer_cli import main
+
+    exported = export_bundle(tiny_run_dir / "bundle", tmp_path / "exported")
+    (exported / "strata.json").unlink()
+    cohort = json.loads((tiny_run_dir / "settings.json").read_text())["data"]["source"]
+    cache = json.loads((tiny_run_dir / "settings.json").read_text())["data_root"]
+    argv = ["stratify", "--bundle", str(exported), "--cohort", cohort, "--data-root", cache, "--device", "cpu"]
+    assert main(argv) == 0
+    assert "strata of the cohort (content embedding, 48 subjects)" in capsys.readouterr().out
+    assert load_bundle(exported).strata is not None
+    assert json.loads((exported / "metrics.json").read_text())["strata"]["subjects"] == 48
+    assert main(argv) == 2  # strata already there: never replaced
+    assert "exists; remove it first" in capsys.readouterr().err
