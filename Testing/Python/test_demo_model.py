@@ -53,3 +53,14 @@ def test_analyses_a_pair_of_real_nodes(demo_bundle, cohort_1mm):
         assert array.shape == (48, 56, 48) and np.isfinite(array).all()
     # The same subject's two views share their content far more than chance.
     assert result["analysis"].content_cosine > 0.5
+    assert result["analysis"].stratum.startswith("stratum ") and "of 600 subjects" in result["analysis"].stratum
+
+
+def test_its_strata_follow_content_not_style():
+    from MultiviewCRLLib.training.synthetic import factor_names
+
+    strata = json.loads((DEMO_MODEL / "metrics.json").read_text())["strata"]
+    associated = {a["column"] for a in strata["associations"] if a["significant"]}
+    content, style = factor_names()
+    assert len(associated & set(content)) >= 3
+    assert not associated & {name for names in style.values() for name in names}
