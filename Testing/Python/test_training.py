@@ -106,6 +106,9 @@ def test_bundle_round_trip_reproduces_the_embeddings(tiny_run, tmp_path):
         "cohort.pt",
         "metrics.json",
         "report.png",
+        "strata.json",
+        "strata.tsv",
+        "strata.png",
     }
     assert json.loads((half / "settings.json").read_text())["weights_dtype"] == "float16"
     assert (half / "weights.pt").stat().st_size < 0.6 * (run_dir / "bundle" / "weights.pt").stat().st_size
