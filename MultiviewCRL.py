@@ -172,6 +172,9 @@ class MultiviewCRLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = self.logic.summary(result)
         self._previousLayout = slicer.app.layoutManager().layout
         self.showComparison(p, result)
+        check = result["analysis"].check
+        if check is not None and check.warnings:  # shown after the outputs, which stay for inspection
+            slicer.util.warningDisplay("\n\n".join(check.warnings), windowTitle="Multiview CRL: check the inputs")
 
     def onCancel(self):
         if self._runner is not None:
@@ -241,18 +244,10 @@ class MultiviewCRLLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def summary(result: dict) -> str:
-        analysis = result["analysis"]
-        lines = []
-        if analysis.content_cosine is not None:
-            lines.append(
-                f"Content cosine T1w/T2w: {analysis.content_cosine:.3f}; style distance: {analysis.style_distance:.2f}"
-            )
-        if analysis.nearest_cohort:
-            nearest = ", ".join(f"{name} ({similarity:.2f})" for name, similarity in analysis.nearest_cohort[:3])
-            lines.append(f"Nearest training subjects by content: {nearest}")
-        if analysis.stratum:
-            lines.append(f"Cohort stratum: {analysis.stratum}")
-        return "\n".join(lines) or "Done."
+        """The analysis in plain lines: the input check's warnings first, then the figures."""
+        from MultiviewCRLLib.runtime.inference import describe_analysis
+
+        return describe_analysis(result["analysis"])
 
 
 class MultiviewCRLTest(ScriptedLoadableModuleTest):

@@ -5,7 +5,8 @@ With no arguments it runs the main job: builds the embedded synthetic cohort onc
 CPU-sized ``demo`` preset, writes a model bundle and evaluates it. ``trainer_cli.py evaluate
 --run RUN_DIR`` evaluates a finished run again; ``trainer_cli.py export --run RUN_DIR --out FOLDER``
 copies its bundle (float16) for the Slicer module; ``trainer_cli.py stratify --bundle B --cohort
-DIR`` adds a cohort's strata to a bundle that has none. The technical report's command works as
+DIR`` adds a cohort's strata to a bundle that has none, and ``trainer_cli.py calibrate --bundle B
+--cohort DIR`` its input check. The technical report's command works as
 written, e.g.::
 
     python trainer_cli.py --dataroot /data --dataset_name ADNI --t1-pattern '*T1w*.nii.gz' \\
@@ -181,20 +182,38 @@ def strata_embedding_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_stratify_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="trainer_cli.py stratify",
-        description="Find the strata of a cohort under an existing bundle (e.g. one exported before strata "
-        "existed) and add them to it: strata.json (what the Slicer panel names), strata.tsv, strata.png, and "
-        "the 'strata' section of its metrics.json.",
-    )
+def bundle_cohort_parser(command: str, description: str, cohort_help: str, seed_help: str) -> argparse.ArgumentParser:
+    """A subcommand that adds what a cohort gives to an existing bundle."""
+    parser = argparse.ArgumentParser(prog=f"trainer_cli.py {command}", description=description)
     parser.add_argument("--bundle", type=Path, required=True, help="the model bundle folder")
-    parser.add_argument("--cohort", type=Path, required=True, help="a BIDS folder or a manifest CSV/TSV")
+    parser.add_argument("--cohort", type=Path, required=True, help=cohort_help)
     parser.add_argument("--data-root", type=Path, default=Path("data"), help="where the preprocessing cache lives")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    return parser
+
+
+def build_stratify_parser() -> argparse.ArgumentParser:
+    parser = bundle_cohort_parser(
+        "stratify",
+        "Find the strata of a cohort under an existing bundle (e.g. one exported before strata existed) and add "
+        "them to it: strata.json (what the Slicer panel names), strata.tsv, strata.png, and the 'strata' section "
+        "of its metrics.json.",
+        "a BIDS folder or a manifest CSV/TSV",
+        "seed of affinity propagation and of the stability halves",
+    )
     strata_embedding_argument(parser)
     return parser
+
+
+def build_calibrate_parser() -> argparse.ArgumentParser:
+    return bundle_cohort_parser(
+        "calibrate",
+        "Add the input check (whether a pair looks like the training data) to an existing bundle from the cohort "
+        "and seed it was trained on: input_check.json and the 'input_check' section of its metrics.json.",
+        "the BIDS folder or manifest it was trained on",
+        "the seed of the run that split the cohort",
+    )
 
 
 def build_export_parser() -> argparse.ArgumentParser:
@@ -214,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     from MultiviewCRLLib.runtime.bundle import BundleError, export_bundle
     from MultiviewCRLLib.runtime.device import DeviceError, select_device
     from MultiviewCRLLib.training.discovery import DiscoveryError
-    from MultiviewCRLLib.training.report import headline_table, strata_summary
-    from MultiviewCRLLib.training.runs import RunError, evaluate_run, stratify_bundle, train_run
+    from MultiviewCRLLib.training.report import headline_table, input_check_summary, strata_summary
+    from MultiviewCRLLib.training.runs import RunError, calibrate_bundle, evaluate_run, stratify_bundle, train_run
     from MultiviewCRLLib.training.trainer import TrainingStopped
 
     try:
@@ -223,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             args = build_evaluate_parser().parse_args(argv[1:])
             cache_root = args.data_root / "cache" if args.data_root else None
             metrics = evaluate_run(args.run, cache_root, select_device(args.device), strata_embedding=args.strata_embedding)
-            print(f"{headline_table(metrics)}\n\n{strata_summary(metrics)}\n")
+            print(f"{headline_table(metrics)}\n\n{strata_summary(metrics)}\n\n{input_check_summary(metrics)}\n")
             print(f"wrote {args.run / 'metrics.json'}, {args.run / 'report.png'} and {args.run / 'strata.png'}")
         elif argv[:1] == ["stratify"]:
             args = build_stratify_parser().parse_args(argv[1:])
@@ -231,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
                 args.bundle, args.cohort, args.data_root / "cache", select_device(args.device), args.strata_embedding, args.seed
             )
             print(f"{strata_summary(metrics)}\n\nwrote the strata into {args.bundle}")
+        elif argv[:1] == ["calibrate"]:
+            args = build_calibrate_parser().parse_args(argv[1:])
+            metrics = calibrate_bundle(args.bundle, args.cohort, args.data_root / "cache", select_device(args.device), args.seed)
+            print(f"{input_check_summary(metrics)}\n\nwrote the input check into {args.bundle}")
         elif argv[:1] == ["export"]:
             args = build_export_parser().parse_args(argv[1:])
             print(f"wrote {export_bundle(args.run / 'bundle', args.out, half=not args.float32)}")

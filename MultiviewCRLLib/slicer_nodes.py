@@ -224,7 +224,7 @@ def analyse_nodes(
             bundle.encoder.to(torch_device), bundle.decoder.to(torch_device)
         else:
             bundle = load_bundle(model, torch_device)
-        return bundle, analyse_pair(bundle, arrays.get("T1w"), arrays.get("T2w"), torch_device)
+        return bundle, analyse_pair(bundle, arrays.get("T1w"), arrays.get("T2w"), torch_device, names=names)
 
     bundle, analysis = runner(work)
     nodes = add_result_nodes(analysis, names, bundle.content_dim, scene)

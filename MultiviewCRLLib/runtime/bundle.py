@@ -3,8 +3,9 @@
 A folder with ``weights.pt`` (encoder and decoder state dicts, plain tensors only),
 ``settings.json`` (model config, preprocessing config, content/style split, the training
 cohort's mean style vector per view) and, optionally, ``cohort.pt`` (the training subjects'
-content embeddings, to place a new pair among them) and ``strata.json`` (the cohort's strata, to
-name the one a new pair falls in). Loading never executes code from the files.
+content embeddings, to place a new pair among them), ``strata.json`` (the cohort's strata, to
+name the one a new pair falls in) and ``input_check.json`` (statistics that tell whether a new
+pair looks like the training data). Loading never executes code from the files.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, PreprocessingConfig
+from .input_check import INPUT_CHECK, InputCheck, load_input_check
 from .networks import build_networks
 from .strata import STRATA, Strata, load_strata
 from .storage import atomic_torch_save, atomic_write_json, staged_folder
@@ -28,7 +30,7 @@ SETTINGS = "settings.json"
 COHORT = "cohort.pt"
 BUNDLE_FORMAT = 1
 # The evaluation of the run a bundle came from; travels with the bundle when it is exported.
-EVALUATION_FILES = ("metrics.json", "report.png", STRATA, "strata.tsv", "strata.png")
+EVALUATION_FILES = ("metrics.json", "report.png", STRATA, "strata.tsv", "strata.png", INPUT_CHECK)
 
 
 class BundleError(ValueError):
@@ -46,6 +48,7 @@ class Bundle:
     cohort_subjects: list[str] | None = None
     cohort_content: torch.Tensor | None = None  # (N, content_dim), mean of both views
     strata: Strata | None = None
+    input_check: InputCheck | None = None
 
     @property
     def content_dim(self) -> int:
@@ -137,10 +140,11 @@ def load_bundle(folder: Path, device: str | torch.device = "cpu") -> Bundle:
             raise BundleError(
                 f"model bundle {folder}: {COHORT} content embeddings do not match the model's content_dim"
             )
-    try:
-        bundle.strata = load_strata(folder)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise BundleError(f"model bundle {folder}: {STRATA} is invalid ({type(err).__name__}: {err})") from err
+    for name, load in ((STRATA, load_strata), (INPUT_CHECK, load_input_check)):
+        try:
+            setattr(bundle, name.removesuffix(".json"), load(folder))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise BundleError(f"model bundle {folder}: {name} is invalid ({type(err).__name__}: {err})") from err
     return bundle
 
 

@@ -17,6 +17,7 @@ from monai.data import MetaTensor
 
 from ..config import VIEWS, other_view
 from .bundle import Bundle
+from .input_check import CheckReport, mask_volume_ml
 from .preprocessing import preprocess_array
 from .strata import stratum_embedding
 
@@ -75,6 +76,7 @@ class PairAnalysis:
     style_distance: float | None = None
     nearest_cohort: list[tuple[str, float]] = field(default_factory=list)  # (subject, content cosine)
     stratum: str | None = None  # the cohort stratum the pair falls in, in words
+    check: CheckReport | None = None  # whether the inputs look like the training data
 
 
 @torch.no_grad()
@@ -84,8 +86,10 @@ def analyse_pair(
     t2: tuple[np.ndarray, np.ndarray] | None,
     device: str | torch.device = "cpu",
     n_nearest: int = 5,
+    names: dict[str, str] | None = None,
 ) -> PairAnalysis:
-    """Run the shared preprocessing, the encoder and the decoder on one pair (either may be None)."""
+    """Run the shared preprocessing, the encoder and the decoder on one pair (either may be None);
+    ``names`` {view: the volume's name} words the input check's warnings."""
     given = {view: data for view, data in zip(VIEWS, (t1, t2)) if data is not None}
     if not given:
         raise ValueError("give at least one of the T1w and T2w volumes")
@@ -128,6 +132,10 @@ def analyse_pair(
         out.nearest_cohort = [(bundle.cohort_subjects[i], similarity[i].item()) for i in order.tolist()]
     if bundle.strata is not None:
         out.stratum = describe_stratum(bundle, out.latents)
+    if bundle.input_check is not None:
+        volumes = {view: mask_volume_ml(out.masks[view], bundle.preprocessing.spacing_mm) for view in given}
+        latents = {view: z.double().numpy() for view, z in out.latents.items()}
+        out.check = bundle.input_check.check(latents, volumes, out.content_cosine, names)
     return out
 
 
@@ -142,3 +150,24 @@ def describe_stratum(bundle: Bundle, latents: dict[str, torch.Tensor]) -> str:
     }
     embedding = stratum_embedding({v: z.double().numpy()[None] for v, z in full.items()}, model.content_dim, bundle.strata.embedding)
     return bundle.strata.describe(bundle.strata.nearest(embedding[0]))
+
+
+def describe_analysis(analysis: PairAnalysis) -> str:
+    """An analysis in plain lines for the panel's status line: the input check's warnings first,
+    then the pair's figures."""
+    lines = []
+    if analysis.check is not None:
+        lines += [f"Warning: {text}." for text in analysis.check.warnings]
+    if analysis.content_cosine is not None:
+        lines.append(
+            f"Content cosine T1w/T2w: {analysis.content_cosine:.3f}; style distance: {analysis.style_distance:.2f}"
+        )
+    if analysis.nearest_cohort:
+        nearest = ", ".join(f"{name} ({similarity:.2f})" for name, similarity in analysis.nearest_cohort[:3])
+        lines.append(f"Nearest training subjects by content: {nearest}")
+    if analysis.stratum:
+        lines.append(f"Cohort stratum: {analysis.stratum}")
+    if analysis.check is not None:
+        lines.append("Input check: " + ("no warnings" if analysis.check.passed else f"{len(analysis.check.warnings)} warning(s)"))
+        lines += [f"  {figure}" for figure in analysis.check.figures]
+    return "\n".join(lines) or "Done."

@@ -78,6 +78,23 @@ def strata_summary(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def input_check_summary(metrics: dict) -> str:
+    """The input check's thresholds and how often a clean test pair is warned about, in plain lines."""
+    check = metrics.get("input_check")
+    if not check:
+        return "input check: not calibrated"
+    thresholds = ", ".join(f"{v} {t:.2f}" for v, t in check["atypicality_threshold"].items())
+    volumes = ", ".join(f"{v} {lo:.0f}-{hi:.0f} ml" for v, (lo, hi) in check["volume_range_ml"].items())
+    return "\n".join(
+        [
+            "input check (thresholds from the validation subjects):",
+            f"  atypicality past {thresholds}; brain mask outside {volumes}; "
+            f"content agreement below {check['same_subject_threshold']:.3f}",
+            f"  clean test pairs warned about: {100 * check['clean_test_pairs_warned']:.1f}%",
+        ]
+    )
+
+
 def _axial(volume) -> np.ndarray:
     array = np.asarray(volume, dtype=np.float32)
     return array[:, :, array.shape[2] // 2].T

@@ -10,13 +10,15 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from . import distributed
 from ..config import PRESETS, VIEWS, CohortConfig, ModelConfig
-from .data import assign_splits, read_splits, write_splits
+from .data import SPLIT_NAMES, assign_splits, read_splits, write_splits
 from .discovery import DiscoveryReport, discover
 from ..runtime.storage import atomic_write_json, probe_writable
 from .synthetic import generate_cohort
-from .report import headline_table, strata_summary
+from .report import headline_table, input_check_summary, strata_summary
 from .trainer import Trainer, latest_checkpoint, write_bundle
 
 MIN_EVALUATION_SUBJECTS = 4
@@ -189,7 +191,7 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
     print(f"  model bundle: {bundle}")
     if evaluated:
         print(f"  evaluation: {run_dir / 'metrics.json'} and {run_dir / 'report.png'} (copied into the bundle)")
-        print(f"\n{headline_table(metrics)}\n\n{strata_summary(metrics)}\n")
+        print(f"\n{headline_table(metrics)}\n\n{strata_summary(metrics)}\n\n{input_check_summary(metrics)}\n")
         print(f"picture of inputs, reconstructions and cross-view images: {run_dir / 'report.png'}")
         print(f"strata of the cohort: {run_dir / 'strata.png'}")
     distributed.barrier()
@@ -197,7 +199,7 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
 
 
 def split_pairs(report: DiscoveryReport, splits: dict[str, str]) -> dict[str, list]:
-    return {name: [p for p in report.kept if splits.get(p.subject) == name] for name in ("train", "val", "test")}
+    return {name: [p for p in report.kept if splits.get(p.subject) == name] for name in SPLIT_NAMES}
 
 
 def cache_root_of(request: RunRequest) -> Path:
@@ -249,15 +251,17 @@ def evaluate_run(
     by_split: dict | None = None,
     strata_embedding: str = "content",
 ) -> dict:
-    """metrics.json, report.png and the cohort's strata (strata.tsv, strata.png, strata.json) for
-    a finished run, in the run folder and in its bundle.
+    """metrics.json, report.png, the cohort's strata (strata.tsv, strata.png, strata.json) and
+    the input check's statistics (input_check.json) for a finished run, in the run folder and in
+    its bundle.
 
     ``by_split`` spares a second discovery pass (which reads every volume) right after training.
     """
     from ..runtime.bundle import load_bundle
     from .evaluation import evaluate
     from .report import write_report
-    from .strata import stratify_cohort
+    from .input_check import calibrate_cohort_check
+    from .strata import cohort_latents, stratify_cohort
     from .trainer import read_training_csv
 
     run_dir = Path(run_dir)
@@ -273,8 +277,13 @@ def evaluate_run(
     cache_root = cache_root or Path(settings.get("data_root", DEFAULT_DATA_ROOT)) / "cache"
     metrics, material = evaluate(bundle, by_split["val"], by_split["test"], cache_root, device, settings["seed"])
     folders = (run_dir, run_dir / "bundle")
-    everyone = [p for split in ("train", "val", "test") for p in by_split[split]]
-    metrics["strata"] = stratify_cohort(bundle, everyone, cache_root, device, folders, strata_embedding, settings["seed"])
+    latents = {split: cohort_latents(bundle, by_split[split], cache_root, device) for split in SPLIT_NAMES}
+    everyone = [p for split in SPLIT_NAMES for p in by_split[split]]
+    stacked = {view: np.concatenate([latents[split][view] for split in SPLIT_NAMES]) for view in VIEWS}
+    metrics["strata"] = stratify_cohort(bundle, everyone, stacked, folders, strata_embedding, settings["seed"])
+    metrics["input_check"] = calibrate_cohort_check(
+        bundle, latents["train"], by_split["val"], by_split["test"], cache_root, device, folders
+    )
     rows = read_training_csv(run_dir / "Training.csv")
     for folder in folders:
         atomic_write_json(folder / "metrics.json", metrics)
@@ -287,7 +296,7 @@ def stratify_bundle(bundle_dir: Path, cohort: Path, cache_root: Path, device="cp
     already has are never replaced. Returns the bundle's metrics with the new ``strata`` section."""
     from ..runtime.bundle import load_bundle
     from ..runtime.strata import STRATA
-    from .strata import stratify_cohort
+    from .strata import cohort_latents, stratify_cohort
 
     bundle_dir = Path(bundle_dir)
     if (bundle_dir / STRATA).exists():
@@ -296,6 +305,37 @@ def stratify_bundle(bundle_dir: Path, cohort: Path, cache_root: Path, device="cp
     pairs = discover(Path(cohort)).kept
     metrics_path = bundle_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    metrics["strata"] = stratify_cohort(bundle, pairs, cache_root, device, (bundle_dir,), kind, seed)
+    latents = cohort_latents(bundle, pairs, cache_root, device)
+    metrics["strata"] = stratify_cohort(bundle, pairs, latents, (bundle_dir,), kind, seed)
+    atomic_write_json(metrics_path, metrics)
+    return metrics
+
+
+def calibrate_bundle(bundle_dir: Path, cohort: Path, cache_root: Path, device="cpu", seed=0) -> dict:
+    """Add the input check's statistics to an existing bundle from the cohort it was trained on
+    (BIDS folder or manifest), split again with the run's ``seed``; statistics it already has are
+    never replaced. Returns the bundle's metrics with the new ``input_check`` section."""
+    from ..runtime.bundle import load_bundle
+    from ..runtime.input_check import INPUT_CHECK
+    from .input_check import calibrate_cohort_check
+    from .strata import cohort_latents
+
+    bundle_dir = Path(bundle_dir)
+    if (bundle_dir / INPUT_CHECK).exists():
+        raise RunError(f"{bundle_dir / INPUT_CHECK} exists; remove it first to calibrate again")
+    bundle = load_bundle(bundle_dir, device)
+    report = discover(Path(cohort))
+    by_split = split_pairs(report, assign_splits(report.kept, seed))
+    if bundle.cohort_subjects is None or sorted(bundle.cohort_subjects) != sorted(p.key for p in by_split["train"]):
+        raise RunError(
+            f"{bundle_dir}: its training subjects are not the train split of {cohort} with seed {seed}; "
+            "calibrate with the cohort and seed the bundle was trained on"
+        )
+    metrics_path = bundle_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    train = cohort_latents(bundle, by_split["train"], cache_root, device)
+    metrics["input_check"] = calibrate_cohort_check(
+        bundle, train, by_split["val"], by_split["test"], cache_root, device, (bundle_dir,)
+    )
     atomic_write_json(metrics_path, metrics)
     return metrics

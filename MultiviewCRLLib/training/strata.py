@@ -276,15 +276,14 @@ def write_strata_figure(path, result: StrataResult) -> None:
     plt.close(fig)
 
 
-def stratify_cohort(bundle, pairs: list[Pair], cache_root, device, folders, kind: str = "content", seed: int = 0) -> dict:
-    """Strata of a cohort (a run's every split) under a bundle: the metrics.json section, and
-    strata.tsv, strata.png and the bundle's strata.json in each of ``folders``. A cohort that
-    cannot be stratified gets a notice instead."""
+def stratify_cohort(bundle, pairs: list[Pair], latents: dict, folders, kind: str = "content", seed: int = 0) -> dict:
+    """Strata of a cohort (a run's every split) from its {view: (N, latent_dim)} ``latents``
+    under a bundle: the metrics.json section, and strata.tsv, strata.png and the bundle's
+    strata.json in each of ``folders``. A cohort that cannot be stratified gets a notice instead."""
     from ..runtime.storage import atomic_write_json
     from ..runtime.strata import STRATA, stratum_embedding
     from .synthetic import FACTOR_PHRASES
 
-    latents = cohort_latents(bundle, pairs, cache_root, device)
     try:
         result = stratify(stratum_embedding(latents, bundle.content_dim, kind), pairs, kind, FACTOR_PHRASES, seed)
     except StrataNotice as notice:

@@ -64,3 +64,29 @@ def test_its_strata_follow_content_not_style():
     content, style = factor_names()
     assert len(associated & set(content)) >= 3
     assert not associated & {name for names in style.values() for name in names}
+
+
+def test_warns_in_plain_words_about_inputs_unlike_its_training_data(demo_bundle, cohort_1mm, tmp_path):
+    import nibabel as nib
+
+    from MultiviewCRLLib.runtime.inference import describe_analysis
+
+    slicer.mrmlScene = scene = slicer.vtkMRMLScene()
+    t1, t2 = (read_volume_node(volume_path(cohort_1mm, "sub-0001", view), scene) for view in ("T1w", "T2w"))
+    clean = analyse_nodes(demo_bundle, t1, t2, scene=scene)["analysis"]
+    assert clean.check.passed, clean.check.warnings
+    assert "Input check: no warnings" in describe_analysis(clean)
+
+    swapped = analyse_nodes(demo_bundle, t2, t1, scene=scene)["analysis"]
+    assert any(f"the T1w '{t2.GetName()}' looks more like a T2w" in w for w in swapped.check.warnings)
+    assert describe_analysis(swapped).startswith("Warning: ")
+
+    other = read_volume_node(volume_path(cohort_1mm, "sub-0002", "T2w"), scene)
+    mismatched = analyse_nodes(demo_bundle, t1, other, scene=scene)["analysis"]
+    assert any("do not look like one person" in w for w in mismatched.check.warnings)
+
+    image = nib.load(volume_path(cohort_1mm, "sub-0001", "T2w"))
+    noise = np.abs(np.random.default_rng(0).normal(0, 300, image.shape)).astype(np.float32)
+    nib.save(nib.Nifti1Image(noise, image.affine), tmp_path / "noise.nii.gz")
+    not_brain = analyse_nodes(demo_bundle, t1, read_volume_node(tmp_path / "noise.nii.gz", scene), scene=scene)["analysis"]
+    assert any("is unlike the model's training data" in w for w in not_brain.check.warnings)

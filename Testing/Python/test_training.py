@@ -109,6 +109,7 @@ def test_bundle_round_trip_reproduces_the_embeddings(tiny_run, tmp_path):
         "strata.json",
         "strata.tsv",
         "strata.png",
+        "input_check.json",
     }
     assert json.loads((half / "settings.json").read_text())["weights_dtype"] == "float16"
     assert (half / "weights.pt").stat().st_size < 0.6 * (run_dir / "bundle" / "weights.pt").stat().st_size
