@@ -95,12 +95,15 @@ def analyse_pair(
         raise ValueError("give at least one of the T1w and T2w volumes")
     model = bundle.model
     out = PairAnalysis()
-    images = {}
+    images, grid = {}, None
     for view, (array, affine) in given.items():
-        image, mask = preprocess_array(array, affine, bundle.preprocessing)
+        # The first view sets the model grid; the other is resampled onto it, so that every
+        # output, and every error map, lies on one grid that overlays both inputs.
+        image, mask = preprocess_array(array, affine, bundle.preprocessing, reference=grid)
+        grid = image if grid is None else grid
         out.inputs[view], out.masks[view] = image[0], mask[0]
         images[view] = image.as_tensor()[None].to(device)
-    grid = next(iter(out.inputs.values()))  # every view lands on the same model grid
+    grid = grid[0]
 
     def on_grid(volume: torch.Tensor) -> MetaTensor:
         return MetaTensor(volume.float().cpu(), affine=grid.affine.clone())

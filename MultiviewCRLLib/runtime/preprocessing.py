@@ -5,7 +5,9 @@
     -> z-score over the nonzero (brain) voxels -> float32 MetaTensor carrying its affine
 
 Both entries share every transform after loading, so a volume read from disk and the same volume
-held in memory give the same model input.
+held in memory give the same model input. The analysis of a pair puts its second view on the
+first view's model grid (one resampling, ``ResampleToMatch``), so that both views' outputs and
+error maps share one grid whatever each scan's field of view, voxel size and orientation.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from monai.transforms import (
     MapTransform,
     NormalizeIntensityd,
     Orientationd,
+    ResampleToMatchd,
     ResizeWithPadOrCropd,
     Spacingd,
 )
@@ -71,12 +74,24 @@ def shared_transforms(keys: Sequence[str], config: PreprocessingConfig) -> list:
     both = keys + [mask_key(k) for k in keys]
     return [
         BrainMaskd(keys, config.mask_threshold),
-        # diagonal=True resamples oblique inputs onto an axis-aligned grid in world space.
-        Spacingd(
-            both, pixdim=config.spacing_mm, diagonal=True, mode=["bilinear"] * len(keys) + ["nearest"] * len(keys)
-        ),
+        # diagonal=True resamples oblique inputs onto an axis-aligned grid in world space; zeros
+        # outside the scan, so a partial-coverage scan is not extended with copies of its edge slices.
+        Spacingd(both, pixdim=config.spacing_mm, diagonal=True, mode=interpolation(keys), padding_mode="zeros"),
         Orientationd(both, axcodes=config.axcodes, labels=None),  # labels from the tensor's space (RAS)
         ResizeWithPadOrCropd(both, spatial_size=config.spatial_size),
+        *normalisation(keys),
+    ]
+
+
+def interpolation(keys: Sequence[str]) -> list[str]:
+    """Resampling modes for image entries ``keys`` followed by their masks."""
+    return ["bilinear"] * len(keys) + ["nearest"] * len(keys)
+
+
+def normalisation(keys: Sequence[str]) -> list:
+    """The last steps, on the model grid: mask, z-score inside the brain, float32."""
+    both = list(keys) + [mask_key(k) for k in keys]
+    return [
         # Masking before the z-score makes its statistics those of the brain voxels: resampling
         # leaves round-off values (~1e-11) outside the brain that would otherwise count as nonzero
         # and make the result depend on how the input was stored.
@@ -84,6 +99,23 @@ def shared_transforms(keys: Sequence[str], config: PreprocessingConfig) -> list:
         NormalizeIntensityd(keys, nonzero=True),
         EnsureTyped(both, dtype=torch.float32),
     ]
+
+
+REFERENCE = "reference"
+
+
+def on_reference_transforms(keys: Sequence[str], config: PreprocessingConfig) -> Compose:
+    """Pipeline for (1, X, Y, Z) MetaTensor entries ``keys`` resampled straight onto the model grid
+    of the entry ``reference`` (another view's preprocessed image), zeros outside their coverage."""
+    keys = list(keys)
+    both = keys + [mask_key(k) for k in keys]
+    return Compose(
+        [
+            BrainMaskd(keys, config.mask_threshold),
+            ResampleToMatchd(both, key_dst=REFERENCE, mode=interpolation(keys), padding_mode="zeros"),
+            *normalisation(keys),
+        ]
+    )
 
 
 def file_transforms(keys: Sequence[str], config: PreprocessingConfig) -> Compose:
@@ -118,10 +150,19 @@ def preprocess_file(path, config: PreprocessingConfig | None = None) -> tuple[Me
 
 
 def preprocess_array(
-    array: np.ndarray, affine: np.ndarray, config: PreprocessingConfig | None = None
+    array: np.ndarray,
+    affine: np.ndarray,
+    config: PreprocessingConfig | None = None,
+    reference: MetaTensor | None = None,
 ) -> tuple[MetaTensor, MetaTensor]:
-    """Preprocess an in-memory [i, j, k] volume with its RAS affine: same output as ``preprocess_file``."""
-    out = array_transforms(["image"], config or PreprocessingConfig())({"image": as_meta_tensor(array, affine)})
+    """Preprocess an in-memory [i, j, k] volume with its RAS affine: same output as
+    ``preprocess_file``, or, with a ``reference`` (1, X, Y, Z) model-grid image, on exactly that grid."""
+    config = config or PreprocessingConfig()
+    data = {"image": as_meta_tensor(array, affine)}
+    if reference is None:
+        out = array_transforms(["image"], config)(data)
+    else:
+        out = on_reference_transforms(["image"], config)({**data, REFERENCE: reference})
     return out["image"], out[mask_key("image")]
 
 

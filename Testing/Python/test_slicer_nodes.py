@@ -99,6 +99,54 @@ def test_outputs_overlay_the_inputs(scene, cohort_1mm, report_grid_bundle):
     assert result["chart"].GetNumberOfPlotSeriesNodes() == 2
 
 
+def oblique_thick_slab(path, out_path):
+    """The scan at ``path`` resliced as another scanner would give it: 0.9 x 0.9 x 3 mm voxels,
+    rotated 15 degrees about x and 10 about z, shifted, and a slab of 36 slices that leaves the
+    top and bottom of the brain unscanned. Returns the new file's affine and shape."""
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    source = nib.load(path)
+    rx, rz = np.deg2rad(15), np.deg2rad(10)
+    rotation = np.array([[1, 0, 0], [0, np.cos(rx), -np.sin(rx)], [0, np.sin(rx), np.cos(rx)]]) @ np.array(
+        [[np.cos(rz), -np.sin(rz), 0], [np.sin(rz), np.cos(rz), 0], [0, 0, 1]]
+    )
+    shape = (220, 240, 36)
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([0.9, 0.9, 3.0])
+    centre = source.affine[:3, :3] @ (np.array(source.shape) / 2) + source.affine[:3, 3]
+    affine[:3, 3] = centre + np.array([6.0, -8.0, 5.0]) - affine[:3, :3] @ (np.array(shape) / 2)
+    nib.save(resample_from_to(source, (shape, affine), order=1), out_path)
+    return affine, shape
+
+
+def test_a_t2w_of_another_field_of_view_voxel_size_and_orientation_overlays_its_input(
+    scene, cohort_1mm, report_grid_bundle, tmp_path
+):
+    t1 = read_volume_node(scene=scene, path=volume_path(cohort_1mm, "sub-0001", "T1w"))
+    t2 = read_volume_node(scene=scene, path=volume_path(cohort_1mm, "sub-0001", "T2w"))
+    slab_affine, slab_shape = oblique_thick_slab(volume_path(cohort_1mm, "sub-0001", "T2w"), tmp_path / "slab.nii.gz")
+    slab = read_volume_node(scene=scene, path=tmp_path / "slab.nii.gz")
+    reference = analyse_nodes(report_grid_bundle, t1, t2, scene=scene)["analysis"]
+    result = analyse_nodes(report_grid_bundle, t1, slab, scene=scene)
+    analysis = result["analysis"]
+    grid = analysis.inputs["T1w"].affine.numpy()
+    assert np.allclose(analysis.inputs["T2w"].affine.numpy(), grid)
+    for node in result["volumes"].values():  # every output and error map on the grid that overlays the inputs
+        assert np.allclose(ijk_to_ras(node), grid)
+    # Within the slab, the T2w on the grid is the same picture as the full scan's, voxel for voxel.
+    inside = (analysis.masks["T2w"] > 0.5) & (reference.masks["T2w"] > 0.5)
+    a, b = (x.inputs["T2w"][inside].numpy() for x in (analysis, reference))
+    assert np.corrcoef(a, b)[0, 1] > 0.9
+    # Nothing outside the slab is filled in: grid voxels beyond its coverage are not brain.
+    ijk = np.stack(np.meshgrid(*(np.arange(n) for n in analysis.masks["T2w"].shape), indexing="ij"), -1).reshape(-1, 3)
+    world = ijk @ grid[:3, :3].T + grid[:3, 3]
+    in_slab = np.linalg.solve(slab_affine[:3, :3], (world - slab_affine[:3, 3]).T).T
+    outside = ((in_slab < -0.5) | (in_slab > np.array(slab_shape) - 0.5)).any(1)
+    assert outside.sum() > 0 and (reference.masks["T2w"].numpy().reshape(-1)[outside] > 0.5).sum() > 1000
+    assert (analysis.masks["T2w"].numpy().reshape(-1)[outside] > 0.5).sum() == 0
+
+
 def test_missing_view_uses_the_cohort_mean_style(scene, cohort_1mm, report_grid_bundle):
     t1 = read_volume_node(scene=scene, path=volume_path(cohort_1mm, "sub-0002", "T1w"))
     result = analyse_nodes(report_grid_bundle, t1, None, scene=scene)
