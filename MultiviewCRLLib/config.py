@@ -23,6 +23,11 @@ def split_latent(z, content_dim: int):
     return z[..., :content_dim], z[..., content_dim:]
 
 
+def volume_words(view: str, names: dict[str, str] | None = None) -> str:
+    """How messages name a given volume: "the T2w 'MRBrainT2'" when its name is known, else "the T2w"."""
+    return f"the {view} '{names[view]}'" if names and view in names else f"the {view}"
+
+
 def other_view(view: str) -> str:
     """The other view, named the same way: "T1w" <-> "T2w", "t1" <-> "t2"."""
     return _OTHER[view]

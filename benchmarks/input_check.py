@@ -1,4 +1,5 @@
-"""How often the input check warns, per kind of input, on a bundle's held-out test subjects.
+"""How often the input check warns (or the analysis refuses), per kind of input, on a bundle's
+held-out test subjects.
 
     python benchmarks/input_check.py [--bundle Resources/Models/demo] [--cohort data/synthetic-n600-s0-2mm]
 
@@ -81,12 +82,15 @@ def main() -> None:
     for index, pair in enumerate(test):
         next_pair = test[(index + 1) % len(test)]
         for case, (t1, t2) in cases(volume(pair.t1), volume(pair.t2), volume(next_pair.t2), rng).items():
-            check = analyse_pair(bundle, t1, t2).check
-            warned.setdefault(case, []).append(not check.passed)
-            if check.warnings:
-                examples.setdefault(case, check.warnings[0])
+            try:
+                messages = analyse_pair(bundle, t1, t2).check.warnings
+            except ValueError as refusal:  # refused outright, with a message: also a flag
+                messages = [f"refused: {refusal}"]
+            warned.setdefault(case, []).append(bool(messages))
+            if messages:
+                examples.setdefault(case, messages[0])
     print(f"input check of {args.bundle} on {len(test)} test subjects of {args.cohort}\n")
-    print("| input | warned about | target |\n|---|---|---|")
+    print("| input | warned about or refused | target |\n|---|---|---|")
     for case, flags in warned.items():
         target = "≤ 5%" if case == "clean" else "≥ 95%"
         print(f"| {case} | {100 * np.mean(flags):.0f}% ({sum(flags)} of {len(flags)}) | {target} |")

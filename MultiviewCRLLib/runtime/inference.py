@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 
-from ..config import VIEWS, other_view
+from ..config import VIEWS, other_view, volume_words
 from .bundle import Bundle
 from .input_check import CheckReport, mask_volume_ml
+from .preparation import mask_problem, to_scanner_range
 from .preprocessing import preprocess_array
 from .strata import stratum_embedding
 
@@ -77,6 +78,7 @@ class PairAnalysis:
     nearest_cohort: list[tuple[str, float]] = field(default_factory=list)  # (subject, content cosine)
     stratum: str | None = None  # the cohort stratum the pair falls in, in words
     check: CheckReport | None = None  # whether the inputs look like the training data
+    notes: list[str] = field(default_factory=list)  # what preparation did to the inputs, in words
 
 
 @torch.no_grad()
@@ -97,9 +99,16 @@ def analyse_pair(
     out = PairAnalysis()
     images, grid = {}, None
     for view, (array, affine) in given.items():
+        called = volume_words(view, names)
+        array, rescaled = to_scanner_range(np.asarray(array, dtype=np.float32), bundle.preprocessing.mask_threshold)
+        if rescaled:
+            out.notes.append(f"{called}: {rescaled}")
         # The first view sets the model grid; the other is resampled onto it, so that every
         # output, and every error map, lies on one grid that overlays both inputs.
         image, mask = preprocess_array(array, affine, bundle.preprocessing, reference=grid)
+        problem = mask_problem(mask)
+        if problem:
+            raise ValueError(f"{called}: {problem}")
         grid = image if grid is None else grid
         out.inputs[view], out.masks[view] = image[0], mask[0]
         images[view] = image.as_tensor()[None].to(device)
@@ -161,6 +170,7 @@ def describe_analysis(analysis: PairAnalysis) -> str:
     lines = []
     if analysis.check is not None:
         lines += [f"Warning: {text}." for text in analysis.check.warnings]
+    lines += [f"Note: {text}." for text in analysis.notes]
     if analysis.content_cosine is not None:
         lines.append(
             f"Content cosine T1w/T2w: {analysis.content_cosine:.3f}; style distance: {analysis.style_distance:.2f}"

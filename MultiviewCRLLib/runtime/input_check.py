@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import VIEWS, other_view
+from ..config import VIEWS, other_view, volume_words
 
 INPUT_CHECK = "input_check.json"
 
@@ -134,7 +134,7 @@ class InputCheck:
         cosine of their contents; ``names`` {view: the volume's name} words the warnings."""
         report = CheckReport()
         for view, latent in latents.items():
-            this = f"the {view} '{names[view]}'" if names and view in names else f"this {view}"
+            this = volume_words(view, names)
             own = float(self.gaussians[view].atypicality(latent)[0])
             other_name = other_view(view)
             other = float(self.gaussians[other_name].atypicality(latent)[0])

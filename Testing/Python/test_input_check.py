@@ -66,7 +66,7 @@ def test_swapped_contrasts_are_named(check):
     swapped = {"T1w": latents["T2w"], "T2w": latents["T1w"]}
     report = check.check(swapped, {"T1w": 1700.0, "T2w": 1700.0}, cosine(swapped), names={"T1w": "scan A"})
     assert any("the T1w 'scan A' looks more like a T2w" in w for w in report.warnings)
-    assert any("this T2w looks more like a T1w" in w for w in report.warnings)
+    assert any("the T2w looks more like a T1w" in w for w in report.warnings)
 
 
 def test_two_different_people_are_told_apart(check):
@@ -84,8 +84,8 @@ def test_inputs_unlike_the_training_data_are_warned_about(check):
     latents = subject(np.random.default_rng(5))
     latents["T2w"] = latents["T2w"] + 25.0
     report = check.check(latents, {"T1w": 1700.0, "T2w": 2600.0}, None)
-    assert any("this T2w is unlike the model's training data" in w and "not meaningful" in w for w in report.warnings)
-    assert any("brain mask of this T2w holds 2600 ml" in w and "skull" in w for w in report.warnings)
+    assert any("the T2w is unlike the model's training data" in w and "not meaningful" in w for w in report.warnings)
+    assert any("brain mask of the T2w holds 2600 ml" in w and "skull" in w for w in report.warnings)
     single = check.check({"T1w": latents["T1w"]}, {"T1w": 1700.0}, None)
     assert single.passed and not any("content agreement" in f for f in single.figures)
 

@@ -192,6 +192,45 @@ def test_bad_nodes_get_clear_errors(scene, cohort_1mm, tmp_path):
         array_affine_from_node(None)
 
 
+def node_like(scene, template, name, array):
+    """A new scalar volume node with ``template``'s geometry and the (K, J, I) ``array``."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    slicer.util.updateVolumeFromArray(node, array.astype(np.float32))
+    node.CopyOrientation(template)
+    return node
+
+
+def test_scans_stored_in_another_intensity_range_are_handled(scene, cohort_1mm, report_grid_bundle):
+    t1 = read_volume_node(scene=scene, path=volume_path(cohort_1mm, "sub-0001", "T1w"))
+    t2 = read_volume_node(scene=scene, path=volume_path(cohort_1mm, "sub-0001", "T2w"))
+    data = slicer.util.arrayFromVolume(t1).astype(np.float32)
+    reference = analyse_nodes(report_grid_bundle, t1, t2, scene=scene)["analysis"]
+    assert not reference.notes  # a scan in a scanner range is left exactly as it is
+    for name, stored in {
+        "unit range": data / data.max(),
+        "negative offset": data - 2000.0,
+        "12-bit": data * (4095.0 / data.max()),
+    }.items():
+        analysis = analyse_nodes(report_grid_bundle, node_like(scene, t1, name, stored), t2, scene=scene)["analysis"]
+        mask, expected = analysis.masks["T1w"] > 0.5, reference.masks["T1w"] > 0.5
+        assert (mask & expected).sum() / (mask | expected).sum() > 0.97, name  # not masked to nothing
+        assert np.corrcoef(analysis.inputs["T1w"][mask].numpy(), reference.inputs["T1w"][mask].numpy())[0, 1] > 0.99
+        assert (name == "12-bit") != any(f"the T1w '{name}': intensities from" in note for note in analysis.notes)
+
+
+def test_a_volume_whose_brain_mask_cannot_be_a_brain_is_refused(scene, cohort_1mm, report_grid_bundle):
+    t1 = read_volume_node(scene=scene, path=volume_path(cohort_1mm, "sub-0001", "T1w"))
+    data = slicer.util.arrayFromVolume(t1).astype(np.float32)
+    rng = np.random.default_rng(0)
+    box = rng.normal(0, 20, data.shape)
+    box[40:-40, 40:-40, 40:-40] += 500
+    before = scene.GetNumberOfNodes()
+    boxed = node_like(scene, t1, "box", box)
+    with pytest.raises(ValueError, match="the T2w 'box': its brain mask covers 100% of the model's field of view"):
+        analyse_nodes(report_grid_bundle, t1, boxed, scene=scene)
+    assert scene.GetNumberOfNodes() == before + 1  # only the input itself: nothing added part-way
+
+
 def test_background_runner_gives_the_same_nodes_and_keeps_the_scene_on_cancel_or_failure(
     scene, cohort_1mm, report_grid_bundle, tmp_path
 ):
