@@ -9,10 +9,14 @@ Cases, each on every test subject (the cohort's test split with the run's seed):
 - different subjects: the subject's T1w with the next test subject's T2w;
 - swapped contrasts: the T2w given as the T1w and the T1w as the T2w;
 - not brain MRI, given as the T2w beside the subject's own T1w: noise; a box of constant value
-  plus noise; CT-like intensities (air -1000, a skull shell of 1000, brain 20-40 HU).
+  plus noise; CT-like intensities (air -1000, a skull shell of 1000, brain 20-40 HU);
+- with ``--raw DIR`` (raw-looking scans of test subjects, ``python -m
+  MultiviewCRLLib.training.raw_scans ... --split test``): both views with skull and scalp, in
+  their own pose and grids, analysed without preparation.
 """
 
 import argparse
+import itertools
 from pathlib import Path
 
 import nibabel as nib
@@ -65,6 +69,7 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=Path("Resources/Models/demo"))
     parser.add_argument("--cohort", type=Path, default=Path("data/synthetic-n600-s0-2mm"))
     parser.add_argument("--seed", type=int, default=0, help="the seed of the run that split the cohort")
+    parser.add_argument("--raw", type=Path, help="raw-looking scans of test subjects (skull and scalp kept)")
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
     if bundle.input_check is None:
@@ -78,18 +83,24 @@ def main() -> None:
         return np.asarray(image.dataobj, dtype=np.float32), image.affine
 
     rng = np.random.default_rng(args.seed)
+    inputs = (
+        (case, t1, t2)
+        for index, pair in enumerate(test)
+        for case, (t1, t2) in cases(volume(pair.t1), volume(pair.t2), volume(test[(index + 1) % len(test)].t2), rng).items()
+    )
+    if args.raw:
+        raw = (("skull and scalp kept, no preparation", volume(p.t1), volume(p.t2)) for p in discover(args.raw).kept)
+        inputs = itertools.chain(inputs, raw)
     warned, examples = {}, {}
-    for index, pair in enumerate(test):
-        next_pair = test[(index + 1) % len(test)]
-        for case, (t1, t2) in cases(volume(pair.t1), volume(pair.t2), volume(next_pair.t2), rng).items():
-            try:
-                messages = analyse_pair(bundle, t1, t2).check.warnings
-            except ValueError as refusal:  # refused outright, with a message: also a flag
-                messages = [f"refused: {refusal}"]
-            warned.setdefault(case, []).append(bool(messages))
-            if messages:
-                examples.setdefault(case, messages[0])
-    print(f"input check of {args.bundle} on {len(test)} test subjects of {args.cohort}\n")
+    for case, t1, t2 in inputs:
+        try:
+            messages = analyse_pair(bundle, t1, t2).check.warnings
+        except ValueError as refusal:  # refused outright, with a message: also a flag
+            messages = [f"refused: {refusal}"]
+        warned.setdefault(case, []).append(bool(messages))
+        if messages:
+            examples.setdefault(case, messages[0])
+    print(f"input check of {args.bundle} on the test subjects of {args.cohort}\n")
     print("| input | warned about or refused | target |\n|---|---|---|")
     for case, flags in warned.items():
         target = "≤ 5%" if case == "clean" else "≥ 95%"
