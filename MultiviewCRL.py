@@ -62,6 +62,7 @@ class MultiviewCRLParameterNode:
     inputT2: vtkMRMLScalarVolumeNode
     modelFolder: Path = DEMO_MODEL
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    prepare: bool = True
 
 
 class MultiviewCRLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -156,7 +157,7 @@ class MultiviewCRLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             from MultiviewCRLLib.slicer_nodes import BackgroundRunner
 
             self._runner = BackgroundRunner(slicer.app.processEvents)
-            result = self.logic.process(p.inputT1, p.inputT2, p.modelFolder, p.device, runner=self._runner)
+            result = self.logic.process(p.inputT1, p.inputT2, p.modelFolder, p.device, p.prepare, runner=self._runner)
         except Exception as err:  # a library error says what is wrong; the panel adds what to do
             if type(err).__name__ == "Cancelled":
                 self.ui.statusLabel.text = str(err).capitalize() + "."
@@ -235,12 +236,15 @@ class MultiviewCRLLogic(ScriptedLoadableModuleLogic):
             slicer.util.pip_install(" ".join(f'"{r}"' for r in others))
         return True
 
-    def process(self, t1Node, t2Node, modelFolder=DEMO_MODEL, device="auto", runner=None) -> dict:
-        """Analyse the pair and add the result nodes; ``runner``: where the torch work runs (inline
-        when None, or a ``BackgroundRunner``)."""
+    def process(self, t1Node, t2Node, modelFolder=DEMO_MODEL, device="auto", prepare=True, runner=None) -> dict:
+        """Analyse the pair and add the result nodes; ``prepare``: brain extraction and alignment
+        for models that carry a template; ``runner``: where the torch work runs (inline when None,
+        or a ``BackgroundRunner``)."""
         from MultiviewCRLLib.slicer_nodes import analyse_nodes, run_inline
 
-        return analyse_nodes(Path(modelFolder), t1Node, t2Node, device, slicer.mrmlScene, runner or run_inline)
+        return analyse_nodes(
+            Path(modelFolder), t1Node, t2Node, device, slicer.mrmlScene, runner or run_inline, prepare=prepare
+        )
 
     @staticmethod
     def summary(result: dict) -> str:

@@ -123,7 +123,8 @@ def add_result_nodes(analysis: PairAnalysis, input_names: dict[str, str], conten
     """Output volume nodes (on the model grid), the embedding table and the content plot.
 
     ``input_names``: {view: name of its input node}. Returns {"volumes": {label: node}, "table",
-    "chart", "images", "errors", "content_maps"}; "images", "errors" and "content_maps" hold the
+    "chart", "transform", "images", "errors", "content_maps"}; "transform": for a prepared pair, the
+    linear transform node that places the outputs (in the template's space) over the inputs, else None; "images", "errors" and "content_maps" hold the
     same volume nodes by kind: the keys of ``analysis.errors`` ("T1w reconstruction", "T2w→T1w",
     ...) and, for the spatial family, the views (each map shown as its strongest channel, 1..K).
     """
@@ -149,9 +150,15 @@ def add_result_nodes(analysis: PairAnalysis, input_names: dict[str, str], conten
 
     by_kind = {"images": nodes(images), "errors": nodes(errors), "content_maps": nodes(content_maps)}
     volumes = {node.GetName(): node for group in by_kind.values() for node in group.values()}
+    transform = None
+    if analysis.to_input is not None:  # prepared: the outputs lie in the template's space
+        transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", scene.GenerateUniqueName(f"{base} template to input"))
+        transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(analysis.to_input))
+        for node in volumes.values():
+            node.SetAndObserveTransformNodeID(transform.GetID())
     table = embedding_table(analysis, content_dim, f"{base} embeddings", scene)
     chart = content_plot(table, list(analysis.latents), content_dim, f"{base} content", scene)
-    return {"volumes": volumes, "table": table, "chart": chart, **by_kind}
+    return {"volumes": volumes, "table": table, "chart": chart, "transform": transform, **by_kind}
 
 
 class Cancelled(Exception):
@@ -203,10 +210,12 @@ def analyse_nodes(
     device: str = "cpu",
     scene=None,
     runner: Callable = run_inline,
+    prepare: bool = True,
 ) -> dict:
     """Analyse a pair of volume nodes (either may be None) and add the results to the scene.
 
     ``model``: a loaded bundle or a bundle folder (then loaded by the runner, on ``device``).
+    ``prepare``: brain extraction and alignment, when the bundle carries a template.
     ``runner(work)`` runs the torch work and returns its result: :func:`run_inline`, or a
     :class:`BackgroundRunner`. Inputs are checked first and results are added only after the
     whole analysis succeeded: a failure or a cancel leaves the scene as it was.
@@ -224,7 +233,8 @@ def analyse_nodes(
             bundle.encoder.to(torch_device), bundle.decoder.to(torch_device)
         else:
             bundle = load_bundle(model, torch_device)
-        return bundle, analyse_pair(bundle, arrays.get("T1w"), arrays.get("T2w"), torch_device, names=names)
+        prepared = prepare and bundle.template is not None
+        return bundle, analyse_pair(bundle, arrays.get("T1w"), arrays.get("T2w"), torch_device, names=names, prepare=prepared)
 
     bundle, analysis = runner(work)
     nodes = add_result_nodes(analysis, names, bundle.content_dim, scene)

@@ -94,7 +94,7 @@ def main() -> None:
     warned, examples = {}, {}
     for case, t1, t2 in inputs:
         try:
-            messages = analyse_pair(bundle, t1, t2).check.warnings
+            messages = analyse_pair(bundle, t1, t2, prepare=False).check.warnings
         except ValueError as refusal:  # refused outright, with a message: also a flag
             messages = [f"refused: {refusal}"]
         warned.setdefault(case, []).append(bool(messages))

@@ -117,7 +117,7 @@ def main() -> None:
     slicer.mrmlScene = scene = slicer.vtkMRMLScene()
     inputs = {"T1w": read_volume_node(args.t1, scene), "T2w": read_volume_node(args.t2, scene)}
     bundle = load_bundle(args.bundle)
-    result = analyse_nodes(bundle, inputs["T1w"], inputs["T2w"], scene=scene)
+    result = analyse_nodes(bundle, inputs["T1w"], inputs["T2w"], scene=scene, prepare=False)
     print(f"wrote {render(result, inputs, bundle.content_dim, args.out)}")
 
 

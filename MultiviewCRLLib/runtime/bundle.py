@@ -2,7 +2,9 @@
 
 A folder with ``weights.pt`` (encoder and decoder state dicts, plain tensors only),
 ``settings.json`` (model config, preprocessing config, content/style split, the training
-cohort's mean style vector per view) and, optionally, ``cohort.pt`` (the training subjects'
+cohort's mean style vector per view) and, optionally, ``template.nii.gz`` with
+``template_mask.nii.gz`` (the skull-stripped brain its training inputs were registered to, which
+raw scans are prepared against), ``cohort.pt`` (the training subjects'
 content embeddings, to place a new pair among them), ``strata.json`` (the cohort's strata, to
 name the one a new pair falls in) and ``input_check.json`` (statistics that tell whether a new
 pair looks like the training data). Loading never executes code from the files.
@@ -22,6 +24,7 @@ from torch import nn
 from ..config import ModelConfig, PreprocessingConfig
 from .input_check import INPUT_CHECK, InputCheck, load_input_check
 from .networks import build_networks
+from .preparation import TEMPLATE_IMAGE, Template, load_template, save_template
 from .strata import STRATA, Strata, load_strata
 from .storage import atomic_torch_save, atomic_write_json, staged_folder
 
@@ -49,6 +52,7 @@ class Bundle:
     cohort_content: torch.Tensor | None = None  # (N, content_dim), mean of both views
     strata: Strata | None = None
     input_check: InputCheck | None = None
+    template: Template | None = None  # the space its training inputs were in; None: inputs taken as prepared
 
     @property
     def content_dim(self) -> int:
@@ -65,9 +69,11 @@ def save_bundle(
     extra: dict | None = None,
     half: bool = False,
     cohort: tuple[list[str], torch.Tensor] | None = None,
+    template: Template | None = None,
 ) -> Path:
     """Write a bundle; ``half`` stores float16 weights (loaded back as float32); ``cohort`` is
-    (subject ids, (N, content_dim) content embeddings)."""
+    (subject ids, (N, content_dim) content embeddings); ``template``: the skull-stripped brain
+    the training inputs were registered to, which raw scans are prepared against."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -92,6 +98,8 @@ def save_bundle(
         "style_means": {view: [float(v) for v in mean] for view, mean in style_means.items()},
         "weights_dtype": "float16" if half else "float32",
     }
+    if template is not None:
+        save_template(folder, template)
     atomic_write_json(folder / SETTINGS, settings)
     return folder
 
@@ -140,10 +148,14 @@ def load_bundle(folder: Path, device: str | torch.device = "cpu") -> Bundle:
             raise BundleError(
                 f"model bundle {folder}: {COHORT} content embeddings do not match the model's content_dim"
             )
-    for name, load in ((STRATA, load_strata), (INPUT_CHECK, load_input_check)):
+    for name, attribute, load in (
+        (STRATA, "strata", load_strata),
+        (INPUT_CHECK, "input_check", load_input_check),
+        (TEMPLATE_IMAGE, "template", load_template),
+    ):
         try:
-            setattr(bundle, name.removesuffix(".json"), load(folder))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            setattr(bundle, attribute, load(folder))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, OSError) as err:
             raise BundleError(f"model bundle {folder}: {name} is invalid ({type(err).__name__}: {err})") from err
     return bundle
 
@@ -167,6 +179,7 @@ def export_bundle(source: Path, destination: Path, half: bool = True) -> Path:
             extra=bundle.settings,
             half=half,
             cohort=cohort,
+            template=bundle.template,
         )
         for name in EVALUATION_FILES:
             if (source / name).is_file():

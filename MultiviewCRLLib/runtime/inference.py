@@ -18,7 +18,7 @@ from monai.data import MetaTensor
 from ..config import VIEWS, other_view, volume_words
 from .bundle import Bundle
 from .input_check import CheckReport, mask_volume_ml
-from .preparation import mask_problem, to_scanner_range
+from .preparation import mask_problem, prepare_pair, to_scanner_range
 from .preprocessing import preprocess_array
 from .strata import stratum_embedding
 
@@ -79,6 +79,8 @@ class PairAnalysis:
     stratum: str | None = None  # the cohort stratum the pair falls in, in words
     check: CheckReport | None = None  # whether the inputs look like the training data
     notes: list[str] = field(default_factory=list)  # what preparation did to the inputs, in words
+    to_input: np.ndarray | None = None  # prepared: 4 x 4 RAS matrix from the outputs' world to the first input's
+    brain_masks: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # prepared: view -> on its input grid
 
 
 @torch.no_grad()
@@ -89,20 +91,37 @@ def analyse_pair(
     device: str | torch.device = "cpu",
     n_nearest: int = 5,
     names: dict[str, str] | None = None,
+    prepare: bool | None = None,
 ) -> PairAnalysis:
-    """Run the shared preprocessing, the encoder and the decoder on one pair (either may be None);
-    ``names`` {view: the volume's name} words the input check's warnings."""
+    """Run the scan preparation, the shared preprocessing, the encoder and the decoder on one pair
+    (either may be None); ``names`` {view: the volume's name} words the messages; ``prepare``:
+    brain extraction and alignment to the bundle's template (default: when the bundle has one;
+    off for inputs that are already skull-stripped and in the template's space)."""
     given = {view: data for view, data in zip(VIEWS, (t1, t2)) if data is not None}
     if not given:
         raise ValueError("give at least one of the T1w and T2w volumes")
+    prepare = bundle.template is not None if prepare is None else prepare
+    if prepare and bundle.template is None:
+        raise ValueError("this model bundle carries no template to prepare raw scans against; give prepared inputs")
     model = bundle.model
     out = PairAnalysis()
+    for view, (array, affine) in given.items():
+        array, rescaled = to_scanner_range(np.asarray(array, dtype=np.float32), bundle.preprocessing.mask_threshold)
+        given[view] = (array, affine)
+        if rescaled:
+            out.notes.append(f"{volume_words(view, names)}: {rescaled}")
+    if prepare:
+        prepared = prepare_pair(given, bundle.template, names)
+        given = prepared.images
+        out.to_input = prepared.to_input[next(iter(given))]
+        out.brain_masks = prepared.brain_masks
+        out.notes.append(
+            "skull and scalp removed with the template's brain mask and the pair aligned to the template; "
+            "the outputs sit in the template's space, placed over the inputs by a transform"
+        )
     images, grid = {}, None
     for view, (array, affine) in given.items():
         called = volume_words(view, names)
-        array, rescaled = to_scanner_range(np.asarray(array, dtype=np.float32), bundle.preprocessing.mask_threshold)
-        if rescaled:
-            out.notes.append(f"{called}: {rescaled}")
         # The first view sets the model grid; the other is resampled onto it, so that every
         # output, and every error map, lies on one grid that overlays both inputs.
         image, mask = preprocess_array(array, affine, bundle.preprocessing, reference=grid)

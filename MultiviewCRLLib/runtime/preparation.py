@@ -1,13 +1,29 @@
 """Scan preparation: what a scan needs before the shared preprocessing can take it.
 
-So far, intensities: the brain mask's threshold is set in raw scanner units, so a scan stored in
-another range (0-1 floats, negative values) would be masked to nothing or to everything. Such a
-scan is brought to a scanner-like range first; a scan already in one is left exactly as it is.
+- Intensities: the brain mask's threshold is set in raw scanner units, so a scan stored in
+  another range (0-1 floats, negative values) would be masked to nothing or to everything. Such a
+  scan is brought to a scanner-like range first; a scan already in one is left exactly as it is.
+- Brain extraction and alignment, for bundles that carry their template (the skull-stripped
+  brain their training inputs were registered to): the pair is registered to it and brought into
+  its space, skull and scalp removed by the template's brain mask; the transforms are kept, so
+  that outputs map back onto the inputs.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
+
+from ..config import volume_words
+from .alignment import AlignmentError, from_ras_matrix, from_sitk, identity_about, ras_matrix, register, resample, rigid_part, to_sitk
+from .storage import atomic_save_nifti, nifti_image
+
+# A brain scaled beyond this by its registration to the template has not been aligned.
+SCALE_RANGE = (0.75, 1.33)
 
 # A scan is taken as stored in another range when its 99.5th percentile lies below this many
 # mask thresholds (or when it has negative values) ...
@@ -38,3 +54,96 @@ def mask_problem(mask: np.ndarray) -> str | None:
             "(not a brain MRI, or a constant or noise volume)"
         )
     return None
+
+
+@dataclass
+class Template:
+    """The space a model was trained in: a skull-stripped T1w brain (an [i, j, k] array, its RAS
+    affine) and its brain mask on the same grid."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    affine: np.ndarray
+
+
+@dataclass
+class PreparedPair:
+    images: dict[str, tuple[np.ndarray, np.ndarray]]  # view -> brain-extracted (array, affine) on the template grid
+    to_input: dict[str, np.ndarray]  # view -> 4 x 4 RAS matrix: template world -> the view's input world
+    brain_masks: dict[str, tuple[np.ndarray, np.ndarray]]  # view -> (mask, affine) on the view's input grid
+
+
+def atlas_brain_mask(scan: sitk.Image, template: Template, template_to_scan: sitk.Transform) -> sitk.Image:
+    """The template's brain mask carried onto the scan's grid (a binary uint8 image)."""
+    mask = resample(to_sitk(template.mask.astype(np.float32), template.affine), scan, template_to_scan.GetInverse())
+    return sitk.Cast(mask > 0.5, sitk.sitkUInt8)
+
+
+def prepare_pair(
+    given: dict[str, tuple[np.ndarray, np.ndarray]], template: Template, names: dict[str, str] | None = None
+) -> PreparedPair:
+    """Brain extraction and alignment of a pair ({view: (array, affine)}, one or both views): the
+    first view is registered to the template brain (mutual information, the metric kept to the
+    brain and a margin around it; rigid, then affine) and gets the template's brain mask through
+    the affine transform; the second is registered rigidly to the first and shares its mask. Both
+    are resampled onto the template grid through the rigid transforms and masked there. A fit
+    that scales the brain implausibly raises :class:`AlignmentError` naming the volume
+    (``names``: {view: its name})."""
+    reference = to_sitk(template.image, template.affine)
+    margin = sitk.BinaryDilate(
+        sitk.Cast(to_sitk(template.mask.astype(np.float32), template.affine) > 0.5, sitk.sitkUInt8), [4, 4, 4]
+    )
+    voxels = np.argwhere(template.mask > 0.5).mean(0)
+    template_centre = template.affine[:3, :3] @ voxels + template.affine[:3, 3]
+    out = PreparedPair({}, {}, {})
+    first, first_to_template = None, None
+    for view, (array, affine) in given.items():
+        scan = to_sitk(array, affine)
+        if first is None:
+            similar = register(reference, scan, "similarity", margin, initial=register(reference, scan, fixed_mask=margin))
+            if not SCALE_RANGE[0] <= similar.GetScale() <= SCALE_RANGE[1]:
+                raise AlignmentError(
+                    f"{volume_words(view, names)}: registration to the template diverged (it would scale the brain "
+                    f"by {similar.GetScale():.2f}); check that it is a brain MRI, or turn preparation off for a "
+                    "scan that is already skull-stripped and aligned"
+                )
+            mask = atlas_brain_mask(scan, template, register(reference, scan, "affine", margin, initial=similar))
+            # Into the template's space by the rigid part only: the brain keeps its own size,
+            # which the model reads as content.
+            transform = from_ras_matrix(rigid_part(similar, template_centre))
+            first, first_mask, first_to_template = scan, mask, transform
+        else:
+            rigid = register(
+                first, scan, fixed_mask=sitk.BinaryDilate(first_mask, [3, 3, 3]), initial=identity_about(first)
+            )
+            transform = from_ras_matrix(ras_matrix(rigid) @ ras_matrix(first_to_template))
+            mask = resample(first_mask, scan, rigid.GetInverse(), nearest=True)
+        on_template = resample(scan, reference, transform)
+        template_mask = resample(sitk.Cast(mask, sitk.sitkFloat32), reference, transform, nearest=True)
+        image, grid = from_sitk(on_template * template_mask)
+        out.images[view] = (image, grid)
+        out.to_input[view] = ras_matrix(transform)
+        out.brain_masks[view] = from_sitk(mask)
+    return out
+
+
+TEMPLATE_IMAGE, TEMPLATE_MASK = "template.nii.gz", "template_mask.nii.gz"
+TEMPLATE_FILES = (TEMPLATE_IMAGE, TEMPLATE_MASK)
+
+
+
+def save_template(folder: Path, template: Template) -> None:
+    """Write a bundle's template (its brain and brain mask) into ``folder``."""
+    for name, array in ((TEMPLATE_IMAGE, template.image.astype(np.float32)), (TEMPLATE_MASK, template.mask.astype(np.uint8))):
+        atomic_save_nifti(nifti_image(array, template.affine), Path(folder) / name)
+
+
+def load_template(folder: Path) -> Template | None:
+    """A bundle's template, or None when it has none (its inputs are then taken as prepared)."""
+    folder = Path(folder)
+    if not (folder / TEMPLATE_IMAGE).is_file():
+        return None
+    image, mask = (nib.load(folder / name) for name in (TEMPLATE_IMAGE, TEMPLATE_MASK))
+    if image.shape != mask.shape or not np.allclose(image.affine, mask.affine):
+        raise ValueError(f"{TEMPLATE_IMAGE} and {TEMPLATE_MASK} are not on one grid")
+    return Template(np.asarray(image.dataobj, dtype=np.float32), np.asarray(mask.dataobj) > 0, image.affine)

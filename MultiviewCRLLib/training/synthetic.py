@@ -135,6 +135,19 @@ def load_template() -> Template:
     return Template(maps, affine, brain_center, ventricle_center, to_mm(deep))
 
 
+def mni_brain_template():
+    """The skull-stripped MNI152 T1w brain at 2 mm and its mask (nilearn): the space the synthetic
+    cohort is built in and the report's (91, 109, 91) grid, which a bundle carries so that raw
+    scans can be prepared against it."""
+    from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
+
+    from ..runtime.preparation import Template
+
+    image = load_mni152_template(resolution=2)
+    mask = load_mni152_brain_mask(resolution=2)
+    return Template(np.asarray(image.dataobj, dtype=np.float32), np.asarray(mask.dataobj) > 0, image.affine)
+
+
 def tissue_signal(tr_ms: float, te_ms: float) -> dict[str, float]:
     """Spin-echo signal of each tissue for one protocol."""
     return {name: pd * (1.0 - math.exp(-tr_ms / t1)) * math.exp(-te_ms / t2) for name, (t1, t2, pd) in TISSUES.items()}

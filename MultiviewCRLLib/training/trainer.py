@@ -30,6 +30,7 @@ from torch.utils.data import Sampler
 from tqdm import tqdm
 
 from ..runtime.bundle import save_bundle
+from .synthetic import mni_brain_template
 from ..config import ModelConfig, PreprocessingConfig, TrainConfig
 from ..config import VIEW_KEYS, VIEW_NAMES
 from .data import paired_dataset, plain_collate
@@ -465,12 +466,22 @@ def write_bundle(
     device,
     extra: dict | None = None,
 ) -> Path:
-    """A bundle whose cohort style means and content embeddings come from the training subjects."""
+    """A bundle whose cohort style means and content embeddings come from the training subjects,
+    with the MNI152 brain its inputs are registered to (the synthetic cohort's space, and the
+    report's grid)."""
     encoded = encode(trained.encoder, cohort_pairs, preprocessing, cache_root, device)
     latents = {key: torch.from_numpy(getattr(encoded, key)) for key in VIEW_KEYS}
     style_means = {VIEW_NAMES[key]: model.style(z).mean(0) for key, z in latents.items()}
     content = sum(model.content(z) for z in latents.values()) / len(latents)
     cohort = ([p.key for p in cohort_pairs], content)
     return save_bundle(
-        folder, trained.encoder, trained.decoder, model, preprocessing, style_means, extra, cohort=cohort
+        folder,
+        trained.encoder,
+        trained.decoder,
+        model,
+        preprocessing,
+        style_means,
+        extra,
+        cohort=cohort,
+        template=mni_brain_template(),
     )

@@ -11,6 +11,7 @@ import slicer.util
 from conftest import volume_path
 
 from MultiviewCRLLib.runtime.bundle import EVALUATION_FILES, load_bundle
+from MultiviewCRLLib.runtime.preparation import TEMPLATE_FILES
 from MultiviewCRLLib.config import PRESETS, image_key, r2_key, retrieval_key
 from MultiviewCRLLib.slicer_nodes import analyse_nodes, read_volume_node
 
@@ -24,7 +25,7 @@ def demo_bundle():
 
 def test_ships_small_and_complete():
     names = {p.name for p in DEMO_MODEL.iterdir()}
-    assert names == {"weights.pt", "settings.json", "cohort.pt", *EVALUATION_FILES}
+    assert names == {"weights.pt", "settings.json", "cohort.pt", *EVALUATION_FILES, *TEMPLATE_FILES}
     assert sum(p.stat().st_size for p in DEMO_MODEL.iterdir()) <= 30 * 2**20
 
 
@@ -46,7 +47,7 @@ def test_carries_its_evaluation_on_at_least_50_test_subjects():
 def test_analyses_a_pair_of_real_nodes(demo_bundle, cohort_1mm):
     slicer.mrmlScene = scene = slicer.vtkMRMLScene()
     nodes = [read_volume_node(volume_path(cohort_1mm, "sub-0001", view), scene) for view in ("T1w", "T2w")]
-    result = analyse_nodes(demo_bundle, *nodes, scene=scene)
+    result = analyse_nodes(demo_bundle, *nodes, scene=scene, prepare=False)
     assert len(result["volumes"]) == 8
     for node in result["volumes"].values():
         array = slicer.util.arrayFromVolume(node)
@@ -73,20 +74,47 @@ def test_warns_in_plain_words_about_inputs_unlike_its_training_data(demo_bundle,
 
     slicer.mrmlScene = scene = slicer.vtkMRMLScene()
     t1, t2 = (read_volume_node(volume_path(cohort_1mm, "sub-0001", view), scene) for view in ("T1w", "T2w"))
-    clean = analyse_nodes(demo_bundle, t1, t2, scene=scene)["analysis"]
+    clean = analyse_nodes(demo_bundle, t1, t2, scene=scene, prepare=False)["analysis"]
     assert clean.check.passed, clean.check.warnings
     assert "Input check: no warnings" in describe_analysis(clean)
 
-    swapped = analyse_nodes(demo_bundle, t2, t1, scene=scene)["analysis"]
+    swapped = analyse_nodes(demo_bundle, t2, t1, scene=scene, prepare=False)["analysis"]
     assert any(f"the T1w '{t2.GetName()}' looks more like a T2w" in w for w in swapped.check.warnings)
     assert describe_analysis(swapped).startswith("Warning: ")
 
     other = read_volume_node(volume_path(cohort_1mm, "sub-0002", "T2w"), scene)
-    mismatched = analyse_nodes(demo_bundle, t1, other, scene=scene)["analysis"]
+    mismatched = analyse_nodes(demo_bundle, t1, other, scene=scene, prepare=False)["analysis"]
     assert any("do not look like one person" in w for w in mismatched.check.warnings)
 
     image = nib.load(volume_path(cohort_1mm, "sub-0001", "T2w"))
     noise = np.abs(np.random.default_rng(0).normal(0, 300, image.shape)).astype(np.float32)
     nib.save(nib.Nifti1Image(noise, image.affine), tmp_path / "noise.nii.gz")
-    not_brain = analyse_nodes(demo_bundle, t1, read_volume_node(tmp_path / "noise.nii.gz", scene), scene=scene)["analysis"]
+    noise_node = read_volume_node(tmp_path / "noise.nii.gz", scene)
+    not_brain = analyse_nodes(demo_bundle, t1, noise_node, scene=scene, prepare=False)["analysis"]
     assert any("is unlike the model's training data" in w for w in not_brain.check.warnings)
+
+
+def test_prepares_raw_scans_and_places_the_outputs_over_them(demo_bundle, cohort_1mm, tmp_path):
+    import nibabel as nib
+
+    from MultiviewCRLLib.training.raw_scans import BRAIN_MASK, write_raw_cohort
+
+    raw = write_raw_cohort(cohort_1mm, tmp_path / "raw", n_subjects=1, seed=2)
+    slicer.mrmlScene = scene = slicer.vtkMRMLScene()
+    clean = [read_volume_node(volume_path(cohort_1mm, "sub-0001", view), scene) for view in ("T1w", "T2w")]
+    nodes = [read_volume_node(volume_path(raw, "sub-0001", view), scene) for view in ("T1w", "T2w")]
+    reference = analyse_nodes(demo_bundle, *clean, scene=scene, prepare=False)["analysis"]
+    result = analyse_nodes(demo_bundle, *nodes, scene=scene)
+    analysis = result["analysis"]
+    assert any("skull and scalp removed" in note for note in analysis.notes)
+    transform = result["transform"]
+    assert transform is not None
+    for node in result["volumes"].values():
+        assert node.GetTransformNodeID() == transform.GetID()
+    for view in ("T1w", "T2w"):
+        truth = np.asarray(nib.load(raw / BRAIN_MASK / "sub-0001" / "anat" / f"sub-0001_space-{view}_mask.nii.gz").dataobj) > 0
+        found = analysis.brain_masks[view][0] > 0.5
+        assert 2 * (truth & found).sum() / (truth.sum() + found.sum()) >= 0.95
+    assert abs(analysis.content_cosine - reference.content_cosine) < 0.05
+    without = analyse_nodes(demo_bundle, *nodes, scene=scene, prepare=False)
+    assert without["transform"] is None and not without["analysis"].check.passed  # skull kept: warned

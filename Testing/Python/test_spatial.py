@@ -61,7 +61,7 @@ def test_spatial_bundle_and_its_evaluation(spatial_run):
 def test_spatial_analysis_shows_content_maps(spatial_run, cohort_1mm):
     slicer.mrmlScene = scene = slicer.vtkMRMLScene()
     nodes = [read_volume_node(volume_path(cohort_1mm, "sub-0001", view), scene) for view in ("T1w", "T2w")]
-    result = analyse_nodes(spatial_run / "bundle", *nodes, scene=scene)
+    result = analyse_nodes(spatial_run / "bundle", *nodes, scene=scene, prepare=False)
     assert set(result["content_maps"]) == {"T1w", "T2w"}
     channels = PRESETS["tiny-spatial"].model.map_channels
     for node in result["content_maps"].values():

@@ -103,7 +103,7 @@ def test_run_writes_strata_and_the_bundle_names_a_pairs_stratum(tiny_run_dir, tm
     source = Path(json.loads((tiny_run_dir / "settings.json").read_text())["data"]["source"])
     volume = nib.load(sorted(source.glob("sub-*/anat/*_T1w.nii.gz"))[0])
     array = np.asarray(volume.dataobj, dtype=np.float32)
-    analysis = analyse_pair(bundle, (array, volume.affine), None)
+    analysis = analyse_pair(bundle, (array, volume.affine), None, prepare=False)
     assert analysis.stratum.startswith("stratum ") and " of 48 subjects)" in analysis.stratum
 
 

@@ -110,6 +110,8 @@ def test_bundle_round_trip_reproduces_the_embeddings(tiny_run, tmp_path):
         "strata.tsv",
         "strata.png",
         "input_check.json",
+        "template.nii.gz",
+        "template_mask.nii.gz",
     }
     assert json.loads((half / "settings.json").read_text())["weights_dtype"] == "float16"
     assert (half / "weights.pt").stat().st_size < 0.6 * (run_dir / "bundle" / "weights.pt").stat().st_size

@@ -1,0 +1,134 @@
+"""Alignment of scans with SimpleITK (which 3D Slicer ships): [i, j, k] arrays with RAS affines as
+SimpleITK images, rigid and affine registration by Mattes mutual information over a
+multi-resolution pyramid, and transforms as 4 x 4 RAS matrices.
+
+A registration of ``moving`` to ``fixed`` returns the transform that maps points of the fixed
+image's world to the moving image's (ITK's convention): resampling the moving image with it onto
+the fixed grid aligns it with the fixed image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+# SimpleITK's world is LPS; NIfTI's and Slicer's is RAS.
+LPS = np.diag([-1.0, -1.0, 1.0])
+FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
+HISTOGRAM_BINS = 32
+SAMPLING = 0.15
+SHRINK_FACTORS = (4, 2, 1)
+SMOOTHING_MM = (4.0, 2.0, 1.0)
+ITERATIONS = 150
+
+
+class AlignmentError(ValueError):
+    """A registration that did not converge to a plausible transform."""
+
+
+def to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
+    """An [i, j, k] array with its 4 x 4 RAS affine as a float32 SimpleITK image."""
+    affine = np.asarray(affine, dtype=np.float64)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array, dtype=np.float32).transpose(2, 1, 0)))
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((LPS @ affine[:3, :3] / spacing).reshape(-1).tolist())
+    image.SetOrigin((LPS @ affine[:3, 3]).tolist())
+    return image
+
+
+def from_sitk(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """A SimpleITK image as an [i, j, k] array and its 4 x 4 RAS affine."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = LPS @ direction @ np.diag(image.GetSpacing())
+    affine[:3, 3] = LPS @ np.array(image.GetOrigin())
+    return sitk.GetArrayFromImage(image).transpose(2, 1, 0), affine
+
+
+def ras_matrix(transform: sitk.Transform) -> np.ndarray:
+    """The 4 x 4 RAS matrix of a linear SimpleITK transform (points of one world to another's)."""
+    matrix = np.array(transform.GetMatrix()).reshape(3, 3)
+    center, translation = np.array(transform.GetCenter()), np.array(transform.GetTranslation())
+    lps = np.eye(4)
+    lps[:3, :3] = matrix
+    lps[:3, 3] = center + translation - matrix @ center
+    return FLIP @ lps @ FLIP
+
+
+def from_ras_matrix(matrix: np.ndarray) -> sitk.AffineTransform:
+    """A 4 x 4 RAS matrix as a SimpleITK affine transform."""
+    lps = FLIP @ np.asarray(matrix, dtype=np.float64) @ FLIP
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(lps[:3, :3].reshape(-1).tolist())
+    transform.SetTranslation(lps[:3, 3].tolist())
+    return transform
+
+
+KINDS = {"rigid": sitk.Euler3DTransform, "similarity": sitk.Similarity3DTransform, "affine": lambda: sitk.AffineTransform(3)}
+
+
+def register(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    kind: str = "rigid",
+    fixed_mask: sitk.Image | None = None,
+    initial: sitk.Transform | None = None,
+    seed: int = 0,
+) -> sitk.Transform:
+    """Registration by Mattes mutual information with a transform of ``kind`` (rigid, similarity:
+    rigid and one scale, or affine), started from ``initial`` (rigid) or else from the images'
+    centres of mass; the transform maps fixed points to moving points."""
+    if initial is None:
+        initial = sitk.CenteredTransformInitializer(
+            fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
+        )
+    transform = KINDS[kind]()
+    transform.SetCenter(initial.GetCenter())
+    transform.SetMatrix(initial.GetMatrix())
+    transform.SetTranslation(initial.GetTranslation())
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(HISTOGRAM_BINS)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(SAMPLING, seed)
+    if fixed_mask is not None:
+        method.SetMetricFixedMask(fixed_mask)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=2.0, minStep=1e-3, numberOfIterations=ITERATIONS, gradientMagnitudeTolerance=1e-8
+    )
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel(list(SHRINK_FACTORS))
+    method.SetSmoothingSigmasPerLevel(list(SMOOTHING_MM))
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    method.SetInitialTransform(transform, inPlace=True)
+    method.Execute(fixed, moving)
+    return transform
+
+
+def identity_about(image: sitk.Image) -> sitk.Euler3DTransform:
+    """The identity, centred on ``image``'s centre: the start for two scans of one session, which
+    the scanner already places in one world."""
+    transform = sitk.Euler3DTransform()
+    centre = np.array(image.GetSize()) / 2.0
+    transform.SetCenter(image.TransformContinuousIndexToPhysicalPoint(centre.tolist()))
+    return transform
+
+
+def rigid_part(transform: sitk.Transform, centre_ras: np.ndarray) -> np.ndarray:
+    """The 4 x 4 RAS rigid matrix nearest to an affine ``transform``: its rotation (polar
+    decomposition, no scaling or shear), mapping ``centre_ras`` where the affine maps it."""
+    matrix = ras_matrix(transform)
+    u, _, vt = np.linalg.svd(matrix[:3, :3])
+    rotation = u @ vt
+    rigid = np.eye(4)
+    rigid[:3, :3] = rotation
+    rigid[:3, 3] = matrix[:3, :3] @ centre_ras + matrix[:3, 3] - rotation @ centre_ras
+    return rigid
+
+
+def resample(image: sitk.Image, reference: sitk.Image, transform: sitk.Transform, nearest: bool = False) -> sitk.Image:
+    """``image`` on the grid of ``reference``, through ``transform`` (reference points to image
+    points); zeros outside the image."""
+    interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+    return sitk.Resample(image, reference, transform, interpolator, 0.0, sitk.sitkFloat32)
