@@ -1,13 +1,15 @@
 """Full analysis of one T1w/T2w pair (preprocess both, encode both, decode reconstructions and
 cross-view images), as the Slicer module runs it, for the demo and the seed model sizes of both
-model families.
+model families, and of a raw-looking 1 mm pair (skull, pose, a thick tilted T2w slab) with scan
+preparation (brain extraction and alignment) before it.
 
     python benchmarks/analysis_speed.py [--repeats 3]
 
 Weights are freshly initialised: the time does not depend on training. Prints the median wall
-time of each size, its ratio to the target (demo sizes 3 s, seed sizes 15 s), each preset's ratio
-to the global demo model measured in the same process, and the peak resident memory of the
-process (target 3 GB).
+time of each size, its ratio to the target (demo sizes 3 s, seed sizes 15 s, a prepared raw pair
+30 s), each preset's ratio to the global demo model and the prepared raw pair's ratio to the
+unprepared analysis, measured in the same process, and the peak resident memory of the process
+(target 3 GB).
 """
 
 import argparse
@@ -24,16 +26,34 @@ from MultiviewCRLLib.runtime.bundle import load_bundle, save_bundle
 from MultiviewCRLLib.config import PRESETS, VIEWS
 from MultiviewCRLLib.runtime.inference import analyse_pair
 from MultiviewCRLLib.runtime.networks import build_networks
-from MultiviewCRLLib.training.synthetic import generate_cohort
+from MultiviewCRLLib.training.raw_scans import write_raw_cohort
+from MultiviewCRLLib.training.synthetic import generate_cohort, mni_brain_template
 
 TARGET_S = {"demo": 3.0, "seed": 15.0, "spatial-demo": 3.0, "spatial-seed": 15.0}
+PREPARED_TARGET_S = 30.0
 
 
-def bundle_for(preset: str, folder: Path):
+def bundle_for(preset: str, folder: Path, template=None):
     p = PRESETS[preset]
     means = {v: torch.zeros(p.model.style_dim) for v in VIEWS}
-    save_bundle(folder, *build_networks(p.model, p.preprocessing.spatial_size), p.model, p.preprocessing, means)
+    networks = build_networks(p.model, p.preprocessing.spatial_size)
+    save_bundle(folder, *networks, p.model, p.preprocessing, means, template=template)
     return load_bundle(folder)
+
+
+def median_seconds(analyse, repeats: int) -> float:
+    analyse()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        analyse()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def read_pair(anat: Path, subject: str) -> list:
+    images = (nib.load(anat / f"{subject}_{view}.nii.gz") for view in VIEWS)
+    return [(np.asarray(img.dataobj, dtype=np.float32), img.affine) for img in images]
 
 
 def main() -> None:
@@ -43,21 +63,15 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         bids = generate_cohort(Path(tmp) / "bids", n_subjects=1, seed=0, spacing_mm=1.0, workers=1)
-        anat = bids / "sub-0001" / "anat"
-        pair = []
-        for view in VIEWS:
-            img = nib.load(anat / f"sub-0001_{view}.nii.gz")
-            pair.append((np.asarray(img.dataobj, dtype=np.float32), img.affine))
+        pair = read_pair(bids / "sub-0001" / "anat", "sub-0001")
         medians = {}
         for preset in TARGET_S:
             bundle = bundle_for(preset, Path(tmp) / preset)
-            analyse_pair(bundle, *pair)  # warm-up
-            times = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                analyse_pair(bundle, *pair)
-                times.append(time.perf_counter() - start)
-            medians[preset] = float(np.median(times))
+            medians[preset] = median_seconds(lambda: analyse_pair(bundle, *pair), args.repeats)
+        raw = write_raw_cohort(bids, Path(tmp) / "raw", n_subjects=1)
+        raw_pair = read_pair(raw / "sub-0001" / "anat", "sub-0001")
+        bundle = bundle_for("demo", Path(tmp) / "demo-with-template", mni_brain_template())
+        prepared = median_seconds(lambda: analyse_pair(bundle, *raw_pair, prepare=True), args.repeats)
     print(f"threads: {torch.get_num_threads()}; input: two 1 mm volumes of {pair[0][0].shape}")
     for preset, seconds in medians.items():
         print(
@@ -65,6 +79,12 @@ def main() -> None:
         )
     for preset in TARGET_S:
         print(f"{preset} / demo: {medians[preset] / medians['demo']:.2f}x")
+    shapes = " and ".join(str(v[0].shape) for v in raw_pair)
+    print(
+        f"raw-looking pair ({shapes}), prepared, demo model: {prepared:.2f} s per pair (target "
+        f"{PREPARED_TARGET_S:.0f} s, ratio {prepared / PREPARED_TARGET_S:.2f}); / unprepared demo analysis: "
+        f"{prepared / medians['demo']:.1f}x"
+    )
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(f"peak resident memory: {peak_gb:.2f} GB (target 3 GB, ratio {peak_gb / 3:.2f})")
 

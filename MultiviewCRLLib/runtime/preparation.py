@@ -113,11 +113,11 @@ def prepare_pair(
             transform = from_ras_matrix(rigid_part(similar, template_centre))
             first, first_mask, first_to_template = scan, mask, transform
         else:
-            rigid = register(
-                first, scan, fixed_mask=sitk.BinaryDilate(first_mask, [3, 3, 3]), initial=identity_about(first)
-            )
-            transform = from_ras_matrix(ras_matrix(rigid) @ ras_matrix(first_to_template))
-            mask = resample(first_mask, scan, rigid.GetInverse(), nearest=True)
+            # The second view is the fixed image: a slab of few slices then lies wholly inside the
+            # first view, so every sample of the metric counts.
+            rigid = register(scan, first, initial=identity_about(scan))
+            transform = from_ras_matrix(np.linalg.inv(ras_matrix(rigid)) @ ras_matrix(first_to_template))
+            mask = resample(first_mask, scan, rigid, nearest=True)
         on_template = resample(scan, reference, transform)
         template_mask = resample(sitk.Cast(mask, sitk.sitkFloat32), reference, transform, nearest=True)
         image, grid = from_sitk(on_template * template_mask)
