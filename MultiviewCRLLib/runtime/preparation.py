@@ -22,8 +22,11 @@ from ..config import volume_words
 from .alignment import AlignmentError, from_ras_matrix, from_sitk, identity_about, ras_matrix, register, resample, rigid_part, to_sitk
 from .storage import atomic_save_nifti, nifti_image
 
-# A brain scaled beyond this by its registration to the template has not been aligned.
+# A registration to the template that scales the brain beyond this, or after which the scan
+# correlates less than this (either sign: a T2w's contrast is the template's inverted) with the
+# template inside its brain, has not aligned a brain.
 SCALE_RANGE = (0.75, 1.33)
+MIN_TEMPLATE_AGREEMENT = 0.15
 
 # A scan is taken as stored in another range when its 99.5th percentile lies below this many
 # mask thresholds (or when it has negative values) ...
@@ -73,6 +76,16 @@ class PreparedPair:
     brain_masks: dict[str, tuple[np.ndarray, np.ndarray]]  # view -> (mask, affine) on the view's input grid
 
 
+def template_agreement(aligned: sitk.Image, template: Template) -> float:
+    """|Pearson correlation| of a scan resampled onto the template grid with the template, inside
+    the template's brain."""
+    values = from_sitk(aligned)[0][template.mask > 0.5]
+    reference = template.image[template.mask > 0.5]
+    if values.std() == 0:
+        return 0.0
+    return float(abs(np.corrcoef(values, reference)[0, 1]))
+
+
 def atlas_brain_mask(scan: sitk.Image, template: Template, template_to_scan: sitk.Transform) -> sitk.Image:
     """The template's brain mask carried onto the scan's grid (a binary uint8 image)."""
     mask = resample(to_sitk(template.mask.astype(np.float32), template.affine), scan, template_to_scan.GetInverse())
@@ -101,11 +114,12 @@ def prepare_pair(
         scan = to_sitk(array, affine)
         if first is None:
             similar = register(reference, scan, "similarity", margin, initial=register(reference, scan, fixed_mask=margin))
-            if not SCALE_RANGE[0] <= similar.GetScale() <= SCALE_RANGE[1]:
+            agreement = template_agreement(resample(scan, reference, similar), template)
+            if not SCALE_RANGE[0] <= similar.GetScale() <= SCALE_RANGE[1] or agreement < MIN_TEMPLATE_AGREEMENT:
                 raise AlignmentError(
-                    f"{volume_words(view, names)}: registration to the template diverged (it would scale the brain "
-                    f"by {similar.GetScale():.2f}); check that it is a brain MRI, or turn preparation off for a "
-                    "scan that is already skull-stripped and aligned"
+                    f"{volume_words(view, names)}: registration to the template diverged (brain scaled by "
+                    f"{similar.GetScale():.2f}, correlation with the template {agreement:.2f}); check that it is a "
+                    "brain MRI, or turn preparation off for a scan that is already skull-stripped and aligned"
                 )
             mask = atlas_brain_mask(scan, template, register(reference, scan, "affine", margin, initial=similar))
             # Into the template's space by the rigid part only: the brain keeps its own size,

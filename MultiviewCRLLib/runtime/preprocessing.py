@@ -180,6 +180,11 @@ def to_array_affine(volume: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return array, np.asarray(volume.affine, dtype=np.float64)
 
 
-def to_nifti(volume: torch.Tensor) -> nib.Nifti1Image:
-    """A model-space MetaTensor as a NIfTI image on the model grid (RAS affine in qform and sform)."""
-    return nifti_image(*to_array_affine(volume))
+def to_nifti(volume: torch.Tensor, to_input: np.ndarray | None = None) -> nib.Nifti1Image:
+    """A model-space MetaTensor as a NIfTI image on the model grid (RAS affine in qform and sform).
+
+    ``to_input``: for a prepared pair, the 4 x 4 RAS matrix from the template's world to the
+    input's (``PairAnalysis.to_input``); the image is then placed over the input, unresampled.
+    """
+    array, affine = to_array_affine(volume)
+    return nifti_image(array, affine if to_input is None else np.asarray(to_input) @ affine)

@@ -137,7 +137,7 @@ def load_template() -> Template:
 
 def mni_brain_template():
     """The skull-stripped MNI152 T1w brain at 2 mm and its mask (nilearn): the space the synthetic
-    cohort is built in and the report's (91, 109, 91) grid, which a bundle carries so that raw
+    cohort is built in (and the report's registered inputs), which a bundle carries so that raw
     scans can be prepared against it."""
     from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
 

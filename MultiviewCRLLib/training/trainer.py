@@ -467,8 +467,7 @@ def write_bundle(
     extra: dict | None = None,
 ) -> Path:
     """A bundle whose cohort style means and content embeddings come from the training subjects,
-    with the MNI152 brain its inputs are registered to (the synthetic cohort's space, and the
-    report's grid)."""
+    with the MNI152 brain its inputs are registered to (the synthetic cohort's space)."""
     encoded = encode(trained.encoder, cohort_pairs, preprocessing, cache_root, device)
     latents = {key: torch.from_numpy(getattr(encoded, key)) for key in VIEW_KEYS}
     style_means = {VIEW_NAMES[key]: model.style(z).mean(0) for key, z in latents.items()}

@@ -116,5 +116,17 @@ def test_prepares_raw_scans_and_places_the_outputs_over_them(demo_bundle, cohort
         found = analysis.brain_masks[view][0] > 0.5
         assert 2 * (truth & found).sum() / (truth.sum() + found.sum()) >= 0.95
     assert abs(analysis.content_cosine - reference.content_cosine) < 0.05
+    # Written from the library, an output overlays its input too: the reconstruction's brain sits
+    # where the raw T1w's brain is.
+    from MultiviewCRLLib.runtime.preprocessing import to_nifti
+
+    placed = to_nifti(analysis.reconstructions["T1w"] * analysis.masks["T1w"], analysis.to_input)
+    truth = nib.load(raw / BRAIN_MASK / "sub-0001" / "anat" / "sub-0001_space-T1w_mask.nii.gz")
+
+    def centroid(image, threshold):
+        ijk = np.argwhere(np.abs(np.asarray(image.dataobj)) > threshold).mean(0)
+        return image.affine[:3, :3] @ ijk + image.affine[:3, 3]
+
+    assert np.linalg.norm(centroid(placed, 0) - centroid(truth, 0)) < 4.0
     without = analyse_nodes(demo_bundle, *nodes, scene=scene, prepare=False)
     assert without["transform"] is None and not without["analysis"].check.passed  # skull kept: warned
