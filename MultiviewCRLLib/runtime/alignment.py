@@ -68,29 +68,13 @@ def from_ras_matrix(matrix: np.ndarray) -> sitk.AffineTransform:
 KINDS = {"rigid": sitk.Euler3DTransform, "similarity": sitk.Similarity3DTransform, "affine": lambda: sitk.AffineTransform(3)}
 
 
-def register(
-    fixed: sitk.Image,
-    moving: sitk.Image,
-    kind: str = "rigid",
-    fixed_mask: sitk.Image | None = None,
-    initial: sitk.Transform | None = None,
-    seed: int = 0,
-) -> sitk.Transform:
-    """Registration by Mattes mutual information with a transform of ``kind`` (rigid, similarity:
-    rigid and one scale, or affine), started from ``initial`` (rigid) or else from the images'
-    centres of mass; the transform maps fixed points to moving points."""
-    if initial is None:
-        initial = sitk.CenteredTransformInitializer(
-            fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
-        )
-    transform = KINDS[kind]()
-    transform.SetCenter(initial.GetCenter())
-    transform.SetMatrix(initial.GetMatrix())
-    transform.SetTranslation(initial.GetTranslation())
+def registration_method(fixed_mask: sitk.Image | None) -> sitk.ImageRegistrationMethod:
+    """Mattes mutual information on a regular sample of the fixed image (the same sample every
+    run), over a multi-resolution pyramid, by regular step gradient descent."""
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(HISTOGRAM_BINS)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(SAMPLING, seed)
+    method.SetMetricSamplingStrategy(method.REGULAR)
+    method.SetMetricSamplingPercentage(SAMPLING)
     if fixed_mask is not None:
         method.SetMetricFixedMask(fixed_mask)
     method.SetInterpolator(sitk.sitkLinear)
@@ -101,9 +85,46 @@ def register(
     method.SetShrinkFactorsPerLevel(list(SHRINK_FACTORS))
     method.SetSmoothingSigmasPerLevel(list(SMOOTHING_MM))
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    return method
+
+
+def mismatch(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, fixed_mask: sitk.Image | None) -> float:
+    """The registration's metric (negative mutual information: lower is better) at ``transform``."""
+    method = registration_method(fixed_mask)
+    method.SetInitialTransform(transform, inPlace=False)
+    return method.MetricEvaluate(fixed, moving)
+
+
+def register(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    kind: str = "rigid",
+    fixed_mask: sitk.Image | None = None,
+    initial: sitk.Transform | None = None,
+) -> sitk.Transform:
+    """Registration by Mattes mutual information with a transform of ``kind`` (rigid, similarity:
+    rigid and one scale, or affine), started from ``initial`` (rigid) or else from the images'
+    centres of mass; the transform maps fixed points to moving points."""
+    if initial is None:
+        initial = centred(fixed, moving, "moments")
+    transform = KINDS[kind]()
+    transform.SetCenter(initial.GetCenter())
+    transform.SetMatrix(initial.GetMatrix())
+    transform.SetTranslation(initial.GetTranslation())
+    method = registration_method(fixed_mask)
     method.SetInitialTransform(transform, inPlace=True)
     method.Execute(fixed, moving)
     return transform
+
+
+def centred(fixed: sitk.Image, moving: sitk.Image, by: str) -> sitk.Euler3DTransform:
+    """A rigid start that lines up the images' centres of mass (``by="moments"``) or of their
+    grids (``by="geometry"``)."""
+    how = {
+        "moments": sitk.CenteredTransformInitializerFilter.MOMENTS,
+        "geometry": sitk.CenteredTransformInitializerFilter.GEOMETRY,
+    }[by]
+    return sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(), how)
 
 
 def identity_about(image: sitk.Image) -> sitk.Euler3DTransform:

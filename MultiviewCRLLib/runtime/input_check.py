@@ -7,7 +7,7 @@
   training subject);
 - per view, the validation subjects' atypicalities (to state an input's percentile) and the
   threshold past which an input is unlike the training data;
-- per view, the validation subjects' brain-mask volumes;
+- per view, the range of brain-mask volumes that the validation subjects span;
 - the content cosines of the validation subjects' own pairs and of pairs of two different
   validation subjects, and the cosine below which a pair does not look like one person.
 
@@ -86,8 +86,7 @@ class InputCheck:
     gaussians: dict[str, LatentGaussian]  # view -> its training latents
     atypicality: dict[str, np.ndarray]  # view -> sorted validation atypicalities
     atypicality_threshold: dict[str, float]
-    volume_ml: dict[str, np.ndarray]  # view -> sorted validation brain-mask volumes
-    volume_range_ml: dict[str, tuple[float, float]]
+    volume_range_ml: dict[str, tuple[float, float]]  # view -> validation brain-mask volumes, with a margin
     same_subject: np.ndarray  # sorted validation content cosines of one subject's two views
     different_subjects: np.ndarray  # sorted, of two different subjects' views
     same_subject_threshold: float
@@ -97,7 +96,6 @@ class InputCheck:
             "gaussians": {v: g.to_dict() for v, g in self.gaussians.items()},
             "atypicality": {v: a.tolist() for v, a in self.atypicality.items()},
             "atypicality_threshold": self.atypicality_threshold,
-            "volume_ml": {v: a.tolist() for v, a in self.volume_ml.items()},
             "volume_range_ml": {v: list(r) for v, r in self.volume_range_ml.items()},
             "same_subject": self.same_subject.tolist(),
             "different_subjects": self.different_subjects.tolist(),
@@ -113,7 +111,6 @@ class InputCheck:
             {v: LatentGaussian.from_dict(g) for v, g in values["gaussians"].items()},
             arrays("atypicality"),
             {v: float(t) for v, t in values["atypicality_threshold"].items()},
-            arrays("volume_ml"),
             {v: (float(r[0]), float(r[1])) for v, r in values["volume_range_ml"].items()},
             np.asarray(values["same_subject"], dtype=np.float64),
             np.asarray(values["different_subjects"], dtype=np.float64),

@@ -19,14 +19,30 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..config import volume_words
-from .alignment import AlignmentError, from_ras_matrix, from_sitk, identity_about, ras_matrix, register, resample, rigid_part, to_sitk
+from .alignment import (
+    AlignmentError,
+    centred,
+    from_ras_matrix,
+    from_sitk,
+    identity_about,
+    mismatch,
+    ras_matrix,
+    register,
+    resample,
+    rigid_part,
+    to_sitk,
+)
 from .storage import atomic_save_nifti, nifti_image
+
+TEMPLATE_IMAGE, TEMPLATE_MASK = "template.nii.gz", "template_mask.nii.gz"
+TEMPLATE_FILES = (TEMPLATE_IMAGE, TEMPLATE_MASK)
 
 # A registration to the template that scales the brain beyond this, or after which the scan
 # correlates less than this (either sign: a T2w's contrast is the template's inverted) with the
 # template inside its brain, has not aligned a brain.
 SCALE_RANGE = (0.75, 1.33)
 MIN_TEMPLATE_AGREEMENT = 0.15
+STARTS = ("moments", "geometry")
 
 # A scan is taken as stored in another range when its 99.5th percentile lies below this many
 # mask thresholds (or when it has negative values) ...
@@ -97,15 +113,14 @@ def prepare_pair(
 ) -> PreparedPair:
     """Brain extraction and alignment of a pair ({view: (array, affine)}, one or both views): the
     first view is registered to the template brain (mutual information, the metric kept to the
-    brain and a margin around it; rigid, then affine) and gets the template's brain mask through
-    the affine transform; the second is registered rigidly to the first and shares its mask. Both
-    are resampled onto the template grid through the rigid transforms and masked there. A fit
-    that scales the brain implausibly raises :class:`AlignmentError` naming the volume
-    (``names``: {view: its name})."""
+    brain and a margin around it; rigid, then similarity, then affine) and gets the template's
+    brain mask through the affine fit; the second is registered rigidly to the first and shares
+    its mask. Both are resampled onto the template grid through the rigid part of the fit and
+    masked there. A fit that scales the brain implausibly, or after which the scan hardly
+    correlates with the template, raises :class:`AlignmentError` naming the volume (``names``:
+    {view: its name})."""
     reference = to_sitk(template.image, template.affine)
-    margin = sitk.BinaryDilate(
-        sitk.Cast(to_sitk(template.mask.astype(np.float32), template.affine) > 0.5, sitk.sitkUInt8), [4, 4, 4]
-    )
+    margin = sitk.BinaryDilate(sitk.Cast(to_sitk(template.mask, template.affine), sitk.sitkUInt8), [4, 4, 4])
     voxels = np.argwhere(template.mask > 0.5).mean(0)
     template_centre = template.affine[:3, :3] @ voxels + template.affine[:3, 3]
     out = PreparedPair({}, {}, {})
@@ -113,7 +128,11 @@ def prepare_pair(
     for view, (array, affine) in given.items():
         scan = to_sitk(array, affine)
         if first is None:
-            similar = register(reference, scan, "similarity", margin, initial=register(reference, scan, fixed_mask=margin))
+            # From two starts (centres of mass; centres of the grids), the fit that matches better:
+            # one start alone misses the brain now and then.
+            starts = (register(reference, scan, fixed_mask=margin, initial=centred(reference, scan, by)) for by in STARTS)
+            fits = [register(reference, scan, "similarity", margin, initial=start) for start in starts]
+            similar = min(fits, key=lambda fit: mismatch(reference, scan, fit, margin))
             agreement = template_agreement(resample(scan, reference, similar), template)
             if not SCALE_RANGE[0] <= similar.GetScale() <= SCALE_RANGE[1] or agreement < MIN_TEMPLATE_AGREEMENT:
                 raise AlignmentError(
@@ -139,11 +158,6 @@ def prepare_pair(
         out.to_input[view] = ras_matrix(transform)
         out.brain_masks[view] = from_sitk(mask)
     return out
-
-
-TEMPLATE_IMAGE, TEMPLATE_MASK = "template.nii.gz", "template_mask.nii.gz"
-TEMPLATE_FILES = (TEMPLATE_IMAGE, TEMPLATE_MASK)
-
 
 
 def save_template(folder: Path, template: Template) -> None:

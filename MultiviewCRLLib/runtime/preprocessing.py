@@ -68,10 +68,15 @@ class ApplyMaskd(MapTransform):
         return d
 
 
+def with_masks(keys: Sequence[str]) -> list[str]:
+    """Image entries ``keys`` followed by their brain-mask entries."""
+    return list(keys) + [mask_key(k) for k in keys]
+
+
 def shared_transforms(keys: Sequence[str], config: PreprocessingConfig) -> list:
     """Every step after loading, for image entries ``keys`` of shape (1, X, Y, Z) with affines."""
     keys = list(keys)
-    both = keys + [mask_key(k) for k in keys]
+    both = with_masks(keys)
     return [
         BrainMaskd(keys, config.mask_threshold),
         # diagonal=True resamples oblique inputs onto an axis-aligned grid in world space; zeros
@@ -90,14 +95,13 @@ def interpolation(keys: Sequence[str]) -> list[str]:
 
 def normalisation(keys: Sequence[str]) -> list:
     """The last steps, on the model grid: mask, z-score inside the brain, float32."""
-    both = list(keys) + [mask_key(k) for k in keys]
     return [
         # Masking before the z-score makes its statistics those of the brain voxels: resampling
         # leaves round-off values (~1e-11) outside the brain that would otherwise count as nonzero
         # and make the result depend on how the input was stored.
         ApplyMaskd(keys),
         NormalizeIntensityd(keys, nonzero=True),
-        EnsureTyped(both, dtype=torch.float32),
+        EnsureTyped(with_masks(keys), dtype=torch.float32),
     ]
 
 
@@ -108,11 +112,10 @@ def on_reference_transforms(keys: Sequence[str], config: PreprocessingConfig) ->
     """Pipeline for (1, X, Y, Z) MetaTensor entries ``keys`` resampled straight onto the model grid
     of the entry ``reference`` (another view's preprocessed image), zeros outside their coverage."""
     keys = list(keys)
-    both = keys + [mask_key(k) for k in keys]
     return Compose(
         [
             BrainMaskd(keys, config.mask_threshold),
-            ResampleToMatchd(both, key_dst=REFERENCE, mode=interpolation(keys), padding_mode="zeros"),
+            ResampleToMatchd(with_masks(keys), key_dst=REFERENCE, mode=interpolation(keys), padding_mode="zeros"),
             *normalisation(keys),
         ]
     )

@@ -53,7 +53,6 @@ def calibrate(train_latents: dict, val_latents: dict, val_volumes: dict, content
         gaussians,
         atypicality,
         {v: float(a[-1] * (1 + MARGIN)) for v, a in atypicality.items()},
-        {v: np.sort(val_volumes[v]) for v in VIEWS},
         {v: (float(val_volumes[v].min() * (1 - MARGIN)), float(val_volumes[v].max() * (1 + MARGIN))) for v in VIEWS},
         same,
         different,
@@ -72,19 +71,20 @@ def warned_share(check: InputCheck, latents: dict, volumes: dict, content_dim: i
     return float(np.mean(warned))
 
 
-def calibrate_cohort_check(bundle, train_latents: dict, val: list[Pair], test: list[Pair], cache_root, device, folders) -> dict:
-    """Write the bundle's input_check.json into each of ``folders`` from a run's splits; return
-    the ``input_check`` section of metrics.json (thresholds and the clean test pairs warned about)."""
+def calibrate_cohort_check(train_latents: dict, val: tuple[dict, dict], test: tuple[dict, dict], content_dim: int, folders) -> dict:
+    """Write the bundle's input_check.json into each of ``folders`` from a run's splits (training
+    latents; validation and test (latents, volumes) from ``encoded_views``); return the
+    ``input_check`` section of metrics.json (thresholds and the clean test pairs warned about)."""
     from ..runtime.storage import atomic_write_json
 
-    check = calibrate(train_latents, *encoded_views(bundle, val, cache_root, device), bundle.content_dim)
+    check = calibrate(train_latents, *val, content_dim)
     for folder in folders:
         atomic_write_json(folder / INPUT_CHECK, check.to_dict())
     return {
         "atypicality_threshold": check.atypicality_threshold,
         "volume_range_ml": {v: list(r) for v, r in check.volume_range_ml.items()},
         "same_subject_threshold": check.same_subject_threshold,
-        "clean_test_pairs_warned": warned_share(check, *encoded_views(bundle, test, cache_root, device), bundle.content_dim),
+        "clean_test_pairs_warned": warned_share(check, *test, content_dim),
         "definition": "Gaussians of the training latents per view; thresholds from the validation subjects; "
         "clean_test_pairs_warned: share of the test subjects' own pairs with any warning",
     }

@@ -260,7 +260,7 @@ def evaluate_run(
     from ..runtime.bundle import load_bundle
     from .evaluation import evaluate
     from .report import write_report
-    from .input_check import calibrate_cohort_check
+    from .input_check import calibrate_cohort_check, encoded_views
     from .strata import cohort_latents, stratify_cohort
     from .trainer import read_training_csv
 
@@ -277,12 +277,15 @@ def evaluate_run(
     cache_root = cache_root or Path(settings.get("data_root", DEFAULT_DATA_ROOT)) / "cache"
     metrics, material = evaluate(bundle, by_split["val"], by_split["test"], cache_root, device, settings["seed"])
     folders = (run_dir, run_dir / "bundle")
-    latents = {split: cohort_latents(bundle, by_split[split], cache_root, device) for split in SPLIT_NAMES}
+    # Each split encoded once: the held-out ones with their brain-mask volumes, for the input check.
+    held_out = {split: encoded_views(bundle, by_split[split], cache_root, device) for split in ("val", "test")}
+    latents = {"train": cohort_latents(bundle, by_split["train"], cache_root, device)}
+    latents.update({split: encoded[0] for split, encoded in held_out.items()})
     everyone = [p for split in SPLIT_NAMES for p in by_split[split]]
     stacked = {view: np.concatenate([latents[split][view] for split in SPLIT_NAMES]) for view in VIEWS}
     metrics["strata"] = stratify_cohort(bundle, everyone, stacked, folders, strata_embedding, settings["seed"])
     metrics["input_check"] = calibrate_cohort_check(
-        bundle, latents["train"], by_split["val"], by_split["test"], cache_root, device, folders
+        latents["train"], held_out["val"], held_out["test"], bundle.content_dim, folders
     )
     rows = read_training_csv(run_dir / "Training.csv")
     for folder in folders:
@@ -317,7 +320,7 @@ def calibrate_bundle(bundle_dir: Path, cohort: Path, cache_root: Path, device="c
     never replaced. Returns the bundle's metrics with the new ``input_check`` section."""
     from ..runtime.bundle import load_bundle
     from ..runtime.input_check import INPUT_CHECK
-    from .input_check import calibrate_cohort_check
+    from .input_check import calibrate_cohort_check, encoded_views
     from .strata import cohort_latents
 
     bundle_dir = Path(bundle_dir)
@@ -333,9 +336,11 @@ def calibrate_bundle(bundle_dir: Path, cohort: Path, cache_root: Path, device="c
         )
     metrics_path = bundle_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    train = cohort_latents(bundle, by_split["train"], cache_root, device)
     metrics["input_check"] = calibrate_cohort_check(
-        bundle, train, by_split["val"], by_split["test"], cache_root, device, (bundle_dir,)
+        cohort_latents(bundle, by_split["train"], cache_root, device),
+        *(encoded_views(bundle, by_split[split], cache_root, device) for split in ("val", "test")),
+        bundle.content_dim,
+        (bundle_dir,),
     )
     atomic_write_json(metrics_path, metrics)
     return metrics
