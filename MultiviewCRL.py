@@ -255,8 +255,9 @@ class MultiviewCRLLogic(ScriptedLoadableModuleLogic):
 
 
 class MultiviewCRLTest(ScriptedLoadableModuleTest):
-    """Inside Slicer: the bundled demo model on MRBrainT1/MRBrainT2 (CTMRBrain sample data), or on the
-    synthetic pair shipped in Resources/TestData when the sample data cannot be downloaded."""
+    """Inside Slicer: the bundled demo model, with scan preparation, on MRBrainT1/MRBrainT2
+    (CTMRBrain sample data: heads with skull), or on the raw-looking synthetic pair shipped in
+    Resources/TestData (skull, pose, an oblique T2w slab) when the sample data cannot be downloaded."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -274,7 +275,7 @@ class MultiviewCRLTest(ScriptedLoadableModuleTest):
             if t1 is not None and t2 is not None:
                 return t1, t2
         except Exception as err:  # no network: the pair shipped with the module
-            logging.info(f"CTMRBrain sample data unavailable ({err}); using the shipped synthetic pair")
+            logging.info(f"CTMRBrain sample data unavailable ({err}); using the shipped raw-looking synthetic pair")
         from MultiviewCRLLib.config import VIEWS
 
         return tuple(slicer.util.loadVolume(str(TEST_DATA / f"synthetic_{view}.nii.gz")) for view in VIEWS)
@@ -294,5 +295,6 @@ class MultiviewCRLTest(ScriptedLoadableModuleTest):
         for node in result["volumes"].values():
             self.assertTrue(np.isfinite(slicer.util.arrayFromVolume(node)).all())
         self.assertIsNotNone(result["analysis"].content_cosine)
+        self.assertIsNotNone(result["transform"])  # prepared: the outputs sit under the template-to-input transform
         self.assertEqual(result["chart"].GetNumberOfPlotSeriesNodes(), 2)
         self.delayDisplay("Test passed")

@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--views", nargs=2, default=list(VIEWS), metavar=("VIEW1", "VIEW2"), help="BIDS suffixes of the two views"
     )
+    data.add_argument(
+        "--prepare",
+        action="store_true",
+        help="raw scans (skull, any position): prepare every pair once before training, as the Slicer module "
+        "does (brain extraction, alignment to the template); cached under DATA_ROOT/prepared",
+    )
     data.add_argument("--strict", action="store_true", help="abort when any subject is rejected by discovery")
     data.add_argument("--stratify", help="label column to stratify the subject-level split by")
     data.add_argument("--synthetic-subjects", type=int, help="size of the synthetic cohort (default: the preset's)")
@@ -152,6 +158,7 @@ def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         strict=args.strict,
         stratify=args.stratify,
         synthetic_subjects=args.synthetic_subjects,
+        prepare=args.prepare,
     )
 
 

@@ -17,6 +17,12 @@ LPS = np.diag([-1.0, -1.0, 1.0])
 FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
 HISTOGRAM_BINS = 32
 SAMPLING = 0.15
+# ITK jitters each regular sample within its voxel; a fixed seed makes every run take the same sample.
+SAMPLING_SEED = 1
+# The coarse rotation search: every combination of -30, -15, 0, 15 and 30 degrees about each axis.
+SEARCH_STEPS, SEARCH_STEP_DEGREES = 2, 15.0
+# Gradient descent runs from this many of the search's best rotations; the best end is kept.
+STARTS = 3
 SHRINK_FACTORS = (4, 2, 1)
 SMOOTHING_MM = (4.0, 2.0, 1.0)
 ITERATIONS = 150
@@ -74,7 +80,7 @@ def registration_method(fixed_mask: sitk.Image | None) -> sitk.ImageRegistration
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(HISTOGRAM_BINS)
     method.SetMetricSamplingStrategy(method.REGULAR)
-    method.SetMetricSamplingPercentage(SAMPLING)
+    method.SetMetricSamplingPercentage(SAMPLING, SAMPLING_SEED)
     if fixed_mask is not None:
         method.SetMetricFixedMask(fixed_mask)
     method.SetInterpolator(sitk.sitkLinear)
@@ -88,11 +94,45 @@ def registration_method(fixed_mask: sitk.Image | None) -> sitk.ImageRegistration
     return method
 
 
-def mismatch(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, fixed_mask: sitk.Image | None) -> float:
-    """The registration's metric (negative mutual information: lower is better) at ``transform``."""
+def rotation_starts(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | None, count: int) -> list:
+    """The ``count`` best rigid starts among a grid of rotations about the fixed image's centre of
+    mass (``SEARCH_STEPS`` steps of ``SEARCH_STEP_DEGREES`` either way about each axis), the
+    centres of mass lined up, judged by the metric at the pyramid's coarsest level: gradient
+    descent alone stops short of a head turned by 20 degrees or more."""
+    start = sitk.CenteredTransformInitializer(
+        fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
+    )
     method = registration_method(fixed_mask)
-    method.SetInitialTransform(transform, inPlace=False)
-    return method.MetricEvaluate(fixed, moving)
+    method.SetShrinkFactorsPerLevel(SHRINK_FACTORS[:1])
+    method.SetSmoothingSigmasPerLevel(SMOOTHING_MM[:1])
+    method.SetOptimizerAsExhaustive([SEARCH_STEPS] * 3 + [0] * 3, np.radians(SEARCH_STEP_DEGREES))
+    method.SetOptimizerScales([1.0] * 6)
+    method.SetInitialTransform(start, inPlace=False)
+    visited = []
+    method.AddCommand(
+        sitk.sitkIterationEvent, lambda: visited.append((method.GetMetricValue(), method.GetOptimizerPosition()))
+    )
+    method.Execute(fixed, moving)
+    starts = []
+    for _, position in sorted(visited)[:count]:
+        transform = sitk.Euler3DTransform(start)
+        transform.SetParameters(position)
+        starts.append(transform)
+    return starts
+
+
+def fit(
+    fixed: sitk.Image, moving: sitk.Image, kind: str, fixed_mask: sitk.Image | None, initial: sitk.Transform
+) -> tuple[sitk.Transform, float]:
+    """One registration from ``initial``: the transform and the metric where it ended."""
+    transform = KINDS[kind]()
+    transform.SetCenter(initial.GetCenter())
+    transform.SetMatrix(initial.GetMatrix())
+    transform.SetTranslation(initial.GetTranslation())
+    method = registration_method(fixed_mask)
+    method.SetInitialTransform(transform, inPlace=True)
+    method.Execute(fixed, moving)
+    return transform, method.GetMetricValue()
 
 
 def register(
@@ -103,28 +143,13 @@ def register(
     initial: sitk.Transform | None = None,
 ) -> sitk.Transform:
     """Registration by Mattes mutual information with a transform of ``kind`` (rigid, similarity:
-    rigid and one scale, or affine), started from ``initial`` (rigid) or else from the images'
-    centres of mass; the transform maps fixed points to moving points."""
-    if initial is None:
-        initial = centred(fixed, moving, "moments")
-    transform = KINDS[kind]()
-    transform.SetCenter(initial.GetCenter())
-    transform.SetMatrix(initial.GetMatrix())
-    transform.SetTranslation(initial.GetTranslation())
-    method = registration_method(fixed_mask)
-    method.SetInitialTransform(transform, inPlace=True)
-    method.Execute(fixed, moving)
-    return transform
-
-
-def centred(fixed: sitk.Image, moving: sitk.Image, by: str) -> sitk.Euler3DTransform:
-    """A rigid start that lines up the images' centres of mass (``by="moments"``) or of their
-    grids (``by="geometry"``)."""
-    how = {
-        "moments": sitk.CenteredTransformInitializerFilter.MOMENTS,
-        "geometry": sitk.CenteredTransformInitializerFilter.GEOMETRY,
-    }[by]
-    return sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(), how)
+    rigid and one scale, or affine), started from ``initial`` (rigid) or else from each of the
+    ``STARTS`` best of a coarse rotation search, keeping the fit that ends best; the transform
+    maps fixed points to moving points."""
+    if initial is not None:
+        return fit(fixed, moving, kind, fixed_mask, initial)[0]
+    fits = [fit(fixed, moving, kind, fixed_mask, start) for start in rotation_starts(fixed, moving, fixed_mask, STARTS)]
+    return min(fits, key=lambda found: found[1])[0]
 
 
 def identity_about(image: sitk.Image) -> sitk.Euler3DTransform:

@@ -21,11 +21,9 @@ import SimpleITK as sitk
 from ..config import volume_words
 from .alignment import (
     AlignmentError,
-    centred,
     from_ras_matrix,
     from_sitk,
     identity_about,
-    mismatch,
     ras_matrix,
     register,
     resample,
@@ -42,7 +40,6 @@ TEMPLATE_FILES = (TEMPLATE_IMAGE, TEMPLATE_MASK)
 # template inside its brain, has not aligned a brain.
 SCALE_RANGE = (0.75, 1.33)
 MIN_TEMPLATE_AGREEMENT = 0.15
-STARTS = ("moments", "geometry")
 
 # A scan is taken as stored in another range when its 99.5th percentile lies below this many
 # mask thresholds (or when it has negative values) ...
@@ -113,7 +110,7 @@ def prepare_pair(
 ) -> PreparedPair:
     """Brain extraction and alignment of a pair ({view: (array, affine)}, one or both views): the
     first view is registered to the template brain (mutual information, the metric kept to the
-    brain and a margin around it; rigid, then similarity, then affine) and gets the template's
+    brain and a margin around it; a coarse rotation search, then rigid, similarity and affine fits) and gets the template's
     brain mask through the affine fit; the second is registered rigidly to the first and shares
     its mask. Both are resampled onto the template grid through the rigid part of the fit and
     masked there. A fit that scales the brain implausibly, or after which the scan hardly
@@ -128,11 +125,7 @@ def prepare_pair(
     for view, (array, affine) in given.items():
         scan = to_sitk(array, affine)
         if first is None:
-            # From two starts (centres of mass; centres of the grids), the fit that matches better:
-            # one start alone misses the brain now and then.
-            starts = (register(reference, scan, fixed_mask=margin, initial=centred(reference, scan, by)) for by in STARTS)
-            fits = [register(reference, scan, "similarity", margin, initial=start) for start in starts]
-            similar = min(fits, key=lambda fit: mismatch(reference, scan, fit, margin))
+            similar = register(reference, scan, "similarity", margin, initial=register(reference, scan, fixed_mask=margin))
             agreement = template_agreement(resample(scan, reference, similar), template)
             if not SCALE_RANGE[0] <= similar.GetScale() <= SCALE_RANGE[1] or agreement < MIN_TEMPLATE_AGREEMENT:
                 raise AlignmentError(

@@ -103,8 +103,9 @@ def scan_grid(center_mm: np.ndarray, voxel_mm, extent_mm, tilt: np.ndarray) -> t
     return shape, affine
 
 
-def raw_subject(t1: Path, t2: Path, dseg: Path, rng) -> dict:
-    """{view: (raw scan, brain mask)} NIfTI images and the "pose" of one subject."""
+def raw_subject(t1: Path, t2: Path, dseg: Path, rng, in_plane_mm: float = 1.0) -> dict:
+    """{view: (raw scan, brain mask)} NIfTI images and the "pose" of one subject; ``in_plane_mm``:
+    the T1w's voxel size, and the T2w's in-plane size in proportion (its slices stay 3 mm)."""
     margin = sum(t for _, t in HEAD_LAYERS_MM) + 10.0
     labels = padded(nib.load(dseg), margin)
     spacing = np.sqrt((labels.affine[:3, :3] ** 2).sum(0))
@@ -114,10 +115,10 @@ def raw_subject(t1: Path, t2: Path, dseg: Path, rng) -> dict:
     placed = pose @ labels.affine  # the head as the scanner sees it
     moved_center = pose[:3, :3] @ center + pose[:3, 3]
     grids = {
-        "T1w": scan_grid(moved_center + rng.uniform(-10, 10, 3), (1.0, 1.0, 1.0), (200, 230, 200), np.eye(3)),
+        "T1w": scan_grid(moved_center + rng.uniform(-10, 10, 3), (in_plane_mm,) * 3, (200, 230, 200), np.eye(3)),
         "T2w": scan_grid(
             moved_center + rng.uniform(-10, 10, 3) + np.array([0, 0, 15.0]),  # a slab that misses the skull base
-            T2W_VOXEL_MM,
+            (T2W_VOXEL_MM[0] * in_plane_mm, T2W_VOXEL_MM[1] * in_plane_mm, T2W_VOXEL_MM[2]),
             (190, 220, 126),
             rotation((rng.uniform(-T2W_TILT_DEG, T2W_TILT_DEG), 0, rng.uniform(-5, 5))),
         ),
@@ -135,7 +136,9 @@ def raw_subject(t1: Path, t2: Path, dseg: Path, rng) -> dict:
     return out
 
 
-def write_raw_cohort(cohort: Path, out_dir: Path, n_subjects: int, seed: int = 0, split: str | None = None) -> Path:
+def write_raw_cohort(
+    cohort: Path, out_dir: Path, n_subjects: int, seed: int = 0, split: str | None = None, in_plane_mm: float = 1.0
+) -> Path:
     """Raw-looking scans of the first ``n_subjects`` subjects of the synthetic ``cohort`` (of its
     ``split`` only, when given), as a BIDS folder with the cohort's participants.tsv, written in one go."""
     cohort, out_dir = Path(cohort), Path(out_dir)
@@ -146,7 +149,7 @@ def write_raw_cohort(cohort: Path, out_dir: Path, n_subjects: int, seed: int = 0
         poses = ["subject\t" + "\t".join(f"m{r}{c}" for r in range(4) for c in range(4))]
         for subject in chosen:
             dseg = cohort / "derivatives" / "tissues" / subject / "anat" / f"{subject}_dseg.nii.gz"
-            made = raw_subject(pairs[subject].t1, pairs[subject].t2, dseg, rng)
+            made = raw_subject(pairs[subject].t1, pairs[subject].t2, dseg, rng, in_plane_mm)
             for view in VIEWS:
                 scan, mask = made[view]
                 (staging / subject / "anat").mkdir(parents=True, exist_ok=True)
@@ -179,10 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subjects", type=int, default=20, help="how many subjects, from the first (default 20)")
     parser.add_argument("--split", choices=("train", "val", "test"), help="only subjects of this split")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--in-plane-mm", type=float, default=1.0, help="the T1w's voxel size and the T2w's in-plane size over 0.9 (default 1)"
+    )
     args = parser.parse_args(argv)
     if args.out.exists():
         parser.error(f"--out {args.out}: exists; choose a new folder")
-    print(f"wrote {write_raw_cohort(args.cohort, args.out, args.subjects, args.seed, args.split)}")
+    print(f"wrote {write_raw_cohort(args.cohort, args.out, args.subjects, args.seed, args.split, args.in_plane_mm)}")
     return 0
 
 

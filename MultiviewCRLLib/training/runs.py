@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from . import distributed
-from ..config import PRESETS, VIEWS, CohortConfig, ModelConfig
+from ..config import PRESETS, VIEWS, CohortConfig, ModelConfig, PreprocessingConfig
 from .data import SPLIT_NAMES, assign_splits, read_splits, write_splits
 from .discovery import DiscoveryReport, discover
 from ..runtime.storage import atomic_write_json, probe_writable
-from .synthetic import generate_cohort
+from .prepared_cohort import GIVEN_INPUTS, PREPARED_INPUTS, prepare_cohort
+from .synthetic import generate_cohort, mni_brain_template
 from .report import headline_table, input_check_summary, strata_summary
 from .trainer import Trainer, latest_checkpoint, write_bundle
 
@@ -49,6 +50,7 @@ class RunRequest:
     strict: bool = False
     stratify: str | None = None
     synthetic_subjects: int | None = None
+    prepare: bool = False  # raw scans: prepared (brain extraction, alignment to the template) before training
 
 
 def synthetic_cohort(data_root: Path, cohort: CohortConfig) -> Path:
@@ -92,9 +94,17 @@ def discover_data(request: RunRequest) -> tuple[DiscoveryReport, str, dict]:
         source = Path(request.source)
         dataset = request.dataset or source.stem
     report = discover(source, request.views, request.t1_pattern, request.t2_pattern)
-    described = {"source": str(Path(source).resolve()), "views": list(request.views)}
+    mask_threshold = PRESETS[request.preset].preprocessing.mask_threshold
+    report = prepared_if_asked(report, request.prepare, data_root_of(request), mask_threshold)
+    described = {"source": str(Path(source).resolve()), "views": list(request.views), "prepared": request.prepare}
     described.update(t1_pattern=request.t1_pattern, t2_pattern=request.t2_pattern)
+    described["inputs"] = PREPARED_INPUTS if request.prepare else GIVEN_INPUTS
     return report, dataset, described
+
+
+def prepared_if_asked(report: DiscoveryReport, prepare: bool, data_root: Path, mask_threshold: float) -> DiscoveryReport:
+    """The report of the pairs prepared against the MNI152 brain (``prepare``), or ``report``."""
+    return prepare_cohort(report, data_root, mni_brain_template(), mask_threshold) if prepare else report
 
 
 def train_run(request: RunRequest, resume: Path | None = None) -> Path:
@@ -120,6 +130,7 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
             views=tuple(data["views"]),
             t1_pattern=data["t1_pattern"],
             t2_pattern=data["t2_pattern"],
+            prepare=data.get("prepared", False),
             seed=settings["seed"],
             # The cache the run filled, unless another is asked for.
             data_root=request.data_root or Path(settings.get("data_root", DEFAULT_DATA_ROOT)),
@@ -177,7 +188,7 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
         by_split["train"],
         cache_root,
         trainer.device,
-        extra={"trained_steps": trained.step, "run": run_dir.name, "dataset": dataset},
+        extra={"trained_steps": trained.step, "run": run_dir.name, "dataset": dataset, "training_inputs": described["inputs"]},
     )
     evaluated = min(len(by_split["val"]), len(by_split["test"])) >= MIN_EVALUATION_SUBJECTS
     if evaluated:
@@ -241,6 +252,8 @@ def run_pairs(run_dir: Path) -> tuple[dict, dict[str, list]]:
     settings = json.loads((run_dir / "settings.json").read_text())
     data = settings["data"]
     report = discover(Path(data["source"]), tuple(data["views"]), data["t1_pattern"], data["t2_pattern"])
+    mask_threshold = PreprocessingConfig.from_dict(settings["preprocessing"]).mask_threshold
+    report = prepared_if_asked(report, data.get("prepared", False), Path(settings["data_root"]), mask_threshold)
     return settings, split_pairs(report, read_splits(run_dir / "splits.tsv"))
 
 

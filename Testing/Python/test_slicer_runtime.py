@@ -85,6 +85,8 @@ def test_module_run_path_without_training_extras(tmp_path):
         result = analyse_nodes({str(ROOT / "Resources" / "Models" / "demo")!r}, t1, t2, "cpu", scene, BackgroundRunner())
         assert len(result["volumes"]) == 8, result["volumes"]
         assert result["analysis"].content_cosine > 0.5, result["analysis"].content_cosine
+        assert result["transform"] is not None  # the raw pair was prepared
+        assert not result["analysis"].check.warnings, result["analysis"].check.warnings
         leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED or m.startswith("MultiviewCRLLib.training"))
         assert not leaked, leaked
         print("analysed", sorted(result["volumes"]))
