@@ -85,6 +85,7 @@ class MultiviewCRLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
+        self.ui.alignButton.connect("clicked(bool)", self.onAlign)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.loadModelButton.connect("clicked(bool)", self.onLoadModel)
         self.ui.restoreLayoutButton.connect("clicked(bool)", self.onRestoreLayout)
@@ -143,39 +144,59 @@ class MultiviewCRLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setBusy(self, busy: bool):
         self.ui.applyButton.setEnabled(not busy)
+        self.ui.alignButton.setEnabled(not busy)
         self.ui.cancelButton.setEnabled(busy)
         self.ui.progressBar.setVisible(busy)
         self.ui.progressBar.setRange(0, 0)
 
-    def onApply(self):
+    def runInBackground(self, status: str, work):
+        """``work(runner)`` with the panel busy and Cancel live; its result, or None after a
+        failure (shown with what to do about it) or a cancel."""
         if not self.ensureDependencies():
-            return
-        p = self._parameterNode
+            return None
         self.setBusy(True)
-        self.ui.statusLabel.text = "Running the encoder and decoder…"
+        self.ui.statusLabel.text = status
         try:
             from MultiviewCRLLib.slicer_nodes import BackgroundRunner
 
             self._runner = BackgroundRunner(slicer.app.processEvents)
-            result = self.logic.process(p.inputT1, p.inputT2, p.modelFolder, p.device, p.prepare, runner=self._runner)
+            return work(self._runner)
         except Exception as err:  # a library error says what is wrong; the panel adds what to do
             if type(err).__name__ == "Cancelled":
                 self.ui.statusLabel.text = str(err).capitalize() + "."
-                return
-            logging.exception("Multiview CRL analysis failed")
+                return None
+            logging.exception("Multiview CRL failed")
             message = f"{err}\n\n{REMEDIES.get(type(err).__name__, '')}".strip()
             self.ui.statusLabel.text = f"Failed: {err}"
             slicer.util.errorDisplay(f"Multiview CRL failed: {message}")
-            return
+            return None
         finally:
             self._runner = None
             self.setBusy(False)
+
+    def onApply(self):
+        p = self._parameterNode
+        result = self.runInBackground(
+            "Running the encoder and decoder…",
+            lambda runner: self.logic.process(p.inputT1, p.inputT2, p.modelFolder, p.device, p.prepare, runner=runner),
+        )
+        if result is None:
+            return
         self.ui.statusLabel.text = self.logic.summary(result)
         self._previousLayout = slicer.app.layoutManager().layout
         self.showComparison(p, result)
         check = result["analysis"].check
         if check is not None and check.warnings:  # shown after the outputs, which stay for inspection
             slicer.util.warningDisplay("\n\n".join(check.warnings), windowTitle="Multiview CRL: check the inputs")
+
+    def onAlign(self):
+        p = self._parameterNode
+        result = self.runInBackground(
+            "Registering the T2w to the T1w through the content maps…",
+            lambda runner: self.logic.align(p.inputT1, p.inputT2, p.modelFolder, p.device, runner=runner),
+        )
+        if result is not None:
+            self.ui.statusLabel.text = self.logic.alignmentSummary(result)
 
     def onCancel(self):
         if self._runner is not None:
@@ -244,6 +265,22 @@ class MultiviewCRLLogic(ScriptedLoadableModuleLogic):
 
         return analyse_nodes(
             Path(modelFolder), t1Node, t2Node, device, slicer.mrmlScene, runner or run_inline, prepare=prepare
+        )
+
+    def align(self, t1Node, t2Node, modelFolder=DEMO_MODEL, device="auto", runner=None) -> dict:
+        """Register the T2w node to the T1w node through the model's content maps and place the
+        T2w under the new transform node."""
+        from MultiviewCRLLib.slicer_nodes import align_nodes, run_inline
+
+        return align_nodes(Path(modelFolder), t1Node, t2Node, device, slicer.mrmlScene, runner or run_inline)
+
+    @staticmethod
+    def alignmentSummary(result: dict) -> str:
+        registration = result["registration"]
+        return (
+            f"The T2w now lies under the transform '{result['transform'].GetName()}' (rigid, then affine, through "
+            f"the content maps; {registration.seconds:.1f} s). Residual: {registration.residual:.3f} "
+            "(1 minus the aligned maps' correlation inside the brain)."
         )
 
     @staticmethod

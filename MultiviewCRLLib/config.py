@@ -167,13 +167,15 @@ class TrainConfig:
     amp_dtype: str = "float16"  # or "bfloat16"
     augment: bool = False
     # Spatial family: weight and temperature of the dense contrastive loss between the two views'
-    # content maps, the locations it samples per subject, and the weight of their L1 agreement.
+    # content maps, the locations it samples per subject, and the weight of their L1 disagreement
+    # (summed over voxels and scaled by scale_recon_loss, like the reconstruction).
     dense_weight: float = 1.0
     dense_tau: float = 0.1
     dense_locations: int = 256
     map_agreement_weight: float = 1.0
-    # Spatial family: the cross-view reconstruction and the two maps' agreement terms grow linearly
-    # from 0 to their weights over these first steps, so the maps first learn to draw each view
+    # Spatial family: for these first steps the content maps stay as they start (one tissue code
+    # for both views) while the decoder learns to draw each style from them; over as many steps
+    # after, the dense loss and the two maps' agreement term grow linearly from 0 to their weights
     # (uniform maps agree perfectly; asked to agree from the start, they stayed uniform).
     warmup_steps: int = 0
     # Independent intensity augmentation per view (bias field, gamma, noise), so that content
@@ -263,7 +265,7 @@ PRESETS = {
             # Reconstruction leads: at 1e-4 the maps' agreement terms won and the maps went flat.
             scale_recon_loss=1e-3,
             map_agreement_weight=0.1,
-            warmup_steps=100,
+            warmup_steps=50,
             augment=True,
             view_augment=True,
             log_every=10,

@@ -203,6 +203,14 @@ class BackgroundRunner:
         return outcome["value"]
 
 
+def bundle_on(model: Bundle | Path | str, device) -> Bundle:
+    """A loaded bundle moved to ``device``, or the bundle folder ``model`` loaded there."""
+    if not isinstance(model, Bundle):
+        return load_bundle(model, device)
+    model.encoder.to(device), model.decoder.to(device)
+    return model
+
+
 def analyse_nodes(
     model: Bundle | Path | str,
     t1_node=None,
@@ -228,14 +236,36 @@ def analyse_nodes(
 
     def work() -> tuple[Bundle, PairAnalysis]:
         torch_device = select_device(device)
-        if isinstance(model, Bundle):
-            bundle = model
-            bundle.encoder.to(torch_device), bundle.decoder.to(torch_device)
-        else:
-            bundle = load_bundle(model, torch_device)
+        bundle = bundle_on(model, torch_device)
         prepared = prepare and bundle.template is not None
         return bundle, analyse_pair(bundle, arrays.get("T1w"), arrays.get("T2w"), torch_device, names=names, prepare=prepared)
 
     bundle, analysis = runner(work)
     nodes = add_result_nodes(analysis, names, bundle.content_dim, scene)
     return {"analysis": analysis, "bundle": bundle, **nodes}
+
+
+def align_nodes(
+    model: Bundle | Path | str, t1_node, t2_node, device: str = "cpu", scene=None, runner: Callable = run_inline
+) -> dict:
+    """Register the T2w node to the T1w node through the bundle's content maps and place the T2w
+    under a new linear transform node that aligns it, unresampled. A bundle without content maps,
+    or a registration that diverges, raises with the nodes' names and adds nothing to the scene.
+
+    Returns {"registration": Registration, "transform": the transform node}.
+    """
+    from .runtime.registration import register_views
+
+    if t1_node is None or t2_node is None:
+        raise NodeError("select both a T1w and a T2w volume to align")
+    arrays = read_inputs(t1_node, t2_node)
+    names = (f"the T1w '{t1_node.GetName()}'", f"the T2w '{t2_node.GetName()}'")
+    registration = runner(lambda: register_views(bundle_on(model, select_device(device)), *arrays.values(), names=names))
+    scene = scene or slicer.mrmlScene
+    transform = scene.AddNewNodeByClass(
+        "vtkMRMLLinearTransformNode", scene.GenerateUniqueName(f"{t2_node.GetName()} to {t1_node.GetName()}")
+    )
+    # The registration maps T1w points to T2w points; the node carries the T2w onto the T1w.
+    transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(np.linalg.inv(registration.matrix)))
+    t2_node.SetAndObserveTransformNodeID(transform.GetID())
+    return {"registration": registration, "transform": transform}

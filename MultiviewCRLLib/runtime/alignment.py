@@ -1,6 +1,7 @@
 """Alignment of scans with SimpleITK (which 3D Slicer ships): [i, j, k] arrays with RAS affines as
-SimpleITK images, rigid and affine registration by Mattes mutual information over a
-multi-resolution pyramid, and transforms as 4 x 4 RAS matrices.
+SimpleITK images, rigid and affine registration over a multi-resolution pyramid (Mattes mutual
+information between contrasts; mean squares or correlation within one), and transforms as 4 x 4 RAS
+matrices.
 
 A registration of ``moving`` to ``fixed`` returns the transform that maps points of the fixed
 image's world to the moving image's (ITK's convention): resampling the moving image with it onto
@@ -72,13 +73,19 @@ def from_ras_matrix(matrix: np.ndarray) -> sitk.AffineTransform:
 
 
 KINDS = {"rigid": sitk.Euler3DTransform, "similarity": sitk.Similarity3DTransform, "affine": lambda: sitk.AffineTransform(3)}
+MUTUAL_INFORMATION = "mutual information"
+METRICS = {
+    MUTUAL_INFORMATION: lambda method: method.SetMetricAsMattesMutualInformation(HISTOGRAM_BINS),
+    "mean squares": lambda method: method.SetMetricAsMeanSquares(),
+    "correlation": lambda method: method.SetMetricAsCorrelation(),
+}
 
 
-def registration_method(fixed_mask: sitk.Image | None) -> sitk.ImageRegistrationMethod:
-    """Mattes mutual information on a regular sample of the fixed image (the same sample every
+def registration_method(fixed_mask: sitk.Image | None, metric: str = MUTUAL_INFORMATION) -> sitk.ImageRegistrationMethod:
+    """``metric`` (a key of METRICS) on a regular sample of the fixed image (the same sample every
     run), over a multi-resolution pyramid, by regular step gradient descent."""
     method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(HISTOGRAM_BINS)
+    METRICS[metric](method)
     method.SetMetricSamplingStrategy(method.REGULAR)
     method.SetMetricSamplingPercentage(SAMPLING, SAMPLING_SEED)
     if fixed_mask is not None:
@@ -94,7 +101,9 @@ def registration_method(fixed_mask: sitk.Image | None) -> sitk.ImageRegistration
     return method
 
 
-def rotation_starts(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | None, count: int) -> list:
+def rotation_starts(
+    fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | None, count: int, metric: str = MUTUAL_INFORMATION
+) -> list:
     """The ``count`` best rigid starts among a grid of rotations about the fixed image's centre of
     mass (``SEARCH_STEPS`` steps of ``SEARCH_STEP_DEGREES`` either way about each axis), the
     centres of mass lined up, judged by the metric at the pyramid's coarsest level: gradient
@@ -102,7 +111,7 @@ def rotation_starts(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Imag
     start = sitk.CenteredTransformInitializer(
         fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
     )
-    method = registration_method(fixed_mask)
+    method = registration_method(fixed_mask, metric)
     method.SetShrinkFactorsPerLevel(SHRINK_FACTORS[:1])
     method.SetSmoothingSigmasPerLevel(SMOOTHING_MM[:1])
     method.SetOptimizerAsExhaustive([SEARCH_STEPS] * 3 + [0] * 3, np.radians(SEARCH_STEP_DEGREES))
@@ -122,14 +131,19 @@ def rotation_starts(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Imag
 
 
 def fit(
-    fixed: sitk.Image, moving: sitk.Image, kind: str, fixed_mask: sitk.Image | None, initial: sitk.Transform
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    kind: str,
+    fixed_mask: sitk.Image | None,
+    initial: sitk.Transform,
+    metric: str = MUTUAL_INFORMATION,
 ) -> tuple[sitk.Transform, float]:
     """One registration from ``initial``: the transform and the metric where it ended."""
     transform = KINDS[kind]()
     transform.SetCenter(initial.GetCenter())
     transform.SetMatrix(initial.GetMatrix())
     transform.SetTranslation(initial.GetTranslation())
-    method = registration_method(fixed_mask)
+    method = registration_method(fixed_mask, metric)
     method.SetInitialTransform(transform, inPlace=True)
     method.Execute(fixed, moving)
     return transform, method.GetMetricValue()
@@ -141,14 +155,16 @@ def register(
     kind: str = "rigid",
     fixed_mask: sitk.Image | None = None,
     initial: sitk.Transform | None = None,
+    metric: str = MUTUAL_INFORMATION,
 ) -> sitk.Transform:
-    """Registration by Mattes mutual information with a transform of ``kind`` (rigid, similarity:
-    rigid and one scale, or affine), started from ``initial`` (rigid) or else from each of the
-    ``STARTS`` best of a coarse rotation search, keeping the fit that ends best; the transform
-    maps fixed points to moving points."""
+    """Registration by ``metric`` (Mattes mutual information by default) with a transform of
+    ``kind`` (rigid, similarity: rigid and one scale, or affine), started from ``initial`` or else
+    from each of the ``STARTS`` best of a coarse rotation search, keeping the fit that ends best;
+    the transform maps fixed points to moving points."""
     if initial is not None:
-        return fit(fixed, moving, kind, fixed_mask, initial)[0]
-    fits = [fit(fixed, moving, kind, fixed_mask, start) for start in rotation_starts(fixed, moving, fixed_mask, STARTS)]
+        return fit(fixed, moving, kind, fixed_mask, initial, metric)[0]
+    starts = rotation_starts(fixed, moving, fixed_mask, STARTS, metric)
+    fits = [fit(fixed, moving, kind, fixed_mask, start, metric) for start in starts]
     return min(fits, key=lambda found: found[1])[0]
 
 

@@ -45,7 +45,7 @@ def synthesis_styles(bundle: Bundle, latents: dict[str, torch.Tensor], target: s
 def encode_views(bundle: Bundle, images: dict[str, torch.Tensor]) -> tuple[dict, dict]:
     """Latents {view: (B, latent_dim)} and contents {view: what the decoder takes: (B, content_dim)
     in the global family, the content map (B, K, X, Y, Z) in the spatial one} of (B, 1, X, Y, Z) images."""
-    encoded = {view: bundle.encoder(x, with_content=True) for view, x in images.items()}
+    encoded = {view: bundle.encoder(x, with_content=True, views=VIEWS.index(view)) for view, x in images.items()}
     return {v: z for v, (z, _) in encoded.items()}, {v: c for v, (_, c) in encoded.items()}
 
 

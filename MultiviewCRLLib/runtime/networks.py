@@ -9,9 +9,10 @@ Spatial family:
     SpatialDecoder: (m, style (B, style_dim)) -> x_hat (B, 1, X, Y, Z), FiLM-modulated by the style,
     which also draws a smooth field (a view's bias field).
 
-Both families share one interface: ``encoder(x)`` is z; ``encoder(x, with_content=True)`` is
-(z, content), where content is what the decoder takes (the content block of z, or the map); and
-``decoder.decode(content, style)`` draws an image.
+Both families share one interface: ``encoder(x, views=v)`` is z; ``encoder(x, with_content=True,
+views=v)`` is (z, content), where content is what the decoder takes (the content block of z, or
+the map), and ``v`` the index in ``config.VIEWS`` of each image's view (an int for all, or a (B,)
+tensor; the global family ignores it); and ``decoder.decode(content, style)`` draws an image.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from monai.networks.nets import UNet
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import ModelConfig, split_latent
+from ..config import VIEWS, ModelConfig, split_latent
 
 
 def _norm(channels: int, groups: int) -> tuple:
@@ -119,7 +120,8 @@ class Encoder(nn.Module):
         self.head = nn.Linear(channels[-1], config.latent_dim)
         self.content_dim = config.content_dim
 
-    def forward(self, x: torch.Tensor, with_content: bool = False):
+    def forward(self, x: torch.Tensor, with_content: bool = False, views=None):
+        """``views`` is accepted for the families' one interface; this encoder does not use it."""
         z = self.head(self.center(self.pool(self.stages(x)).flatten(1)))
         return (z, split_latent(z, self.content_dim)[0]) if with_content else z
 
@@ -188,11 +190,50 @@ class PooledEncoder(nn.Sequential):
         )
 
 
+def view_indices(views, batch: int, device) -> torch.Tensor:
+    """The (B,) long tensor of view indices from an int for every image or a (B,) tensor."""
+    if views is None:
+        raise ValueError("the spatial encoder needs each image's view (its index in VIEWS)")
+    return torch.as_tensor(views, device=device).long().expand(batch)
+
+
+VIEW_STYLE = 4.0  # where each view's part of the style starts, along style dim 0: T1w +, T2w -
+
+
+class IntensityCode(nn.Module):
+    """Where a content map starts: logits (B, K, X, Y, Z) that bin a z-scored brain image by
+    intensity. Channel 0 is outside the brain (the preprocessing leaves exact zeros there);
+    channel k >= 1 peaks at its view's centre c[view, k] (learnt), with a shared width.
+
+    The centres start in the order the tissues have in each contrast: ascending for the T1w
+    (cerebrospinal fluid darkest, white matter brightest), descending for the T2w (the reverse),
+    so both views' maps put a tissue in one channel from the first step. Started alike, each map
+    coded its own intensities, and the decoder had nothing to translate between the views.
+    """
+
+    OUTSIDE_LOGIT = 30.0
+
+    def __init__(self, channels: int):
+        super().__init__()
+        ascending = torch.linspace(-2.0, 2.0, channels - 1)
+        self.centres = nn.Parameter(torch.stack([ascending, ascending.flip(0)]))  # (views, K - 1)
+        self.log_width = nn.Parameter(torch.tensor(math.log(4.0 / (channels - 1))))
+
+    def forward(self, x: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        outside = x == 0
+        centres = self.centres[views][:, :, None, None, None]
+        tissue = -(((x - centres) / self.log_width.exp()) ** 2)
+        big = torch.full_like(x, self.OUTSIDE_LOGIT)
+        return torch.cat([torch.where(outside, big, -big), torch.where(outside, -big, tissue)], dim=1)
+
+
 class SpatialEncoder(nn.Module):
     """(B, 1, X, Y, Z) -> z (B, latent_dim), and the content map (B, K, X, Y, Z) with ``with_content``.
 
     The map is a softmax over K channels at every voxel (a soft tissue code): a bottleneck that
-    leaves little room for contrast. The content block of z is a strided head on the map; the
+    leaves little room for contrast. Its logits are an intensity binning of the image in its
+    view's tissue order (``IntensityCode``) plus what two learnt paths add to it (both start at
+    zero). The content block of z is a strided head on the map; the
     content InfoNCE trains that head but does not reach back into the map, which the
     reconstruction and dense losses shape (with the InfoNCE's gradient in it, the map stayed
     uniform and the decoded images flat). The style block comes from the image.
@@ -209,13 +250,21 @@ class SpatialEncoder(nn.Module):
         self.local = nn.Sequential(
             Convolution(3, 1, features[0], act=("leakyrelu", {"negative_slope": 0.1}), norm=norm),
             Convolution(3, features[0], features[0], act=("leakyrelu", {"negative_slope": 0.1}), norm=norm),
-            nn.Conv3d(features[0], k, kernel_size=1),
         )
+        # A local intensity names a tissue only given the contrast (bright is white matter on a
+        # T1w, CSF on a T2w): the style modulates the local features before they become logits,
+        # so that both views can give a tissue one code.
+        self.local_contrast = FiLM(config.style_dim, features[0])
+        self.local_to_map = nn.Conv3d(features[0], k, kernel_size=1)
+        self.intensity_code = IntensityCode(k)
         self.down = Convolution(3, 1, features[0], strides=2, act="leakyrelu", norm=norm)
         strides = (2,) * (len(features) - 1)
         self.unet = UNet(3, features[0], features[0], features, strides, num_res_units=1, norm=norm)
         self.multiple = 2 ** (len(strides) + 1)  # inputs are padded to it, so every level halves exactly
         self.to_map = nn.Conv3d(features[0], k, kernel_size=3, padding=1)
+        for learnt in (self.local_to_map, self.to_map):  # the map starts as the intensity code
+            nn.init.zeros_(learnt.weight)
+            nn.init.zeros_(learnt.bias)
         head_channels = config.encoder_channels[1:]
         self.content_head = PooledEncoder(
             head_channels, 2, config.norm_groups, config.content_dim, in_channels=k, separable=config.separable
@@ -223,20 +272,31 @@ class SpatialEncoder(nn.Module):
         self.style_encoder = PooledEncoder(
             config.encoder_channels, config.stem_stride, config.norm_groups, config.style_dim, separable=config.separable
         )
+        # Each view's part of the style (learnt; +-VIEW_STYLE along style dim 0 at the start): a
+        # z-scored T1w and T2w have the same global statistics, and the pooled image features alone
+        # told them apart too weakly for the decoder to draw the two contrasts differently.
+        self.view_style = nn.Parameter(torch.zeros(len(VIEWS), config.style_dim))
+        with torch.no_grad():
+            self.view_style[:, 0] = torch.tensor([VIEW_STYLE, -VIEW_STYLE])
 
-    def content_map(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, X, Y, Z) -> (B, K, X, Y, Z), a softmax over the K channels."""
+    def content_map(self, x: torch.Tensor, style: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """(B, 1, X, Y, Z), its style (B, style_dim) and views (B,) -> (B, K, X, Y, Z), a softmax over the K channels."""
         size = x.shape[2:]
         padding = [p for n in reversed(size) for p in (0, -n % self.multiple)]
         context = F.interpolate(self.unet(self.down(F.pad(x, padding))), scale_factor=2, mode="trilinear")
-        logits = self.to_map(context)[..., : size[0], : size[1], : size[2]] + self.local(x)
+        local = self.local_to_map(self.local_contrast(self.local(x), style))
+        logits = self.to_map(context)[..., : size[0], : size[1], : size[2]] + local + self.intensity_code(x, views)
         return torch.softmax(logits, dim=1)
 
-    def forward(self, x: torch.Tensor, with_content: bool = False, second_half_flips: tuple[int, ...] = ()):
-        """``second_half_flips``: axes along which the last half of ``x`` was flipped; its maps are
-        flipped back before anything else reads them (training's test of equivariance)."""
-        content = flip_second_half(self.content_map(x), second_half_flips)
-        z = torch.cat([self.content_head(content.detach()), self.style_encoder(x)], dim=1)
+    def forward(self, x: torch.Tensor, with_content: bool = False, views=None, second_half_flips: tuple[int, ...] = ()):
+        """``views``: each image's view index (an int or (B,)); ``second_half_flips``: axes along
+        which the last half of ``x`` was flipped; its maps are flipped back before anything else
+        reads them (training's test of equivariance)."""
+        views = view_indices(views, len(x), x.device)
+        style = self.style_encoder(x) + self.view_style[views]
+        content = self.content_map(x, style, views)
+        content = flip_second_half(content, second_half_flips)
+        z = torch.cat([self.content_head(content.detach()), style], dim=1)
         return (z, content) if with_content else z
 
 
@@ -277,7 +337,15 @@ class SpatialDecoder(nn.Module):
         self.films = nn.ModuleList(FiLM(config.style_dim, b) for b in widths[1:])
         self.out = nn.Conv3d(widths[-1], 1, kernel_size=1)
         # Each map channel's intensity under this style: the direct path from tissue code to image.
+        # It starts drawing each view from the map's starting code (``IntensityCode``: channel 0
+        # outside the brain, zero; the others at their centres, read off the view's part of the
+        # style): with equal intensities neither the map nor the lookup got a gradient, and the
+        # decoded image stayed flat for hundreds of steps.
         self.intensities = nn.Linear(config.style_dim, config.map_channels)
+        with torch.no_grad():
+            self.intensities.weight.zero_()
+            self.intensities.bias.zero_()
+            self.intensities.weight[1:, 0] = torch.linspace(-2.0, 2.0, config.map_channels - 1) / VIEW_STYLE
 
     def decode(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         style = style.expand(len(content), -1)

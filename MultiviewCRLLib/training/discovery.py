@@ -104,6 +104,16 @@ def volume_problem(path: Path) -> str | None:
     return None
 
 
+def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A 3D volume file as an [i, j, k] float32 array and its RAS affine; ValueError naming the
+    file and the problem when it cannot serve as one."""
+    problem = volume_problem(path)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+    image = nib.load(path)
+    return np.asarray(image.dataobj, dtype=np.float32).reshape(image.shape[:3]), image.affine
+
+
 def _validated(candidates: list[Pair], rejected: list[Rejection], source: str) -> DiscoveryReport:
     """Check both files of every candidate; keep the pairs whose two volumes are usable."""
     report = DiscoveryReport(source, rejected=list(rejected))

@@ -172,7 +172,7 @@ def encode(encoder, pairs: list[Pair], preprocessing, cache_root, device, with_i
     for start in range(0, len(dataset), 8):
         batch = plain_collate([dataset[i] for i in range(start, min(start + 8, len(dataset)))])
         for key in VIEW_KEYS:
-            latents[key].append(encoder(batch[key].to(device)).float().cpu())
+            latents[key].append(encoder(batch[key].to(device), views=VIEW_KEYS.index(key)).float().cpu())
         if with_images:
             images += [{k: batch[k][i, 0] for k in ("t1", "t2", "mask_t1", "mask_t2")} for i in range(len(batch["t1"]))]
     out = Encoded(pairs, *(torch.cat(latents[k]).numpy() for k in VIEW_KEYS))

@@ -285,7 +285,7 @@ class Trainer:
         with torch.no_grad():
             for key in VIEW_KEYS:
                 x = convert_to_tensor(images[key], track_meta=False)[None].to(self.device)
-                z, content = encoder(x, with_content=True)
+                z, content = encoder(x, with_content=True, views=VIEW_KEYS.index(key))
                 decoded = decoder.decode(content, self.model_config.style(z))[0].float().cpu()
                 folder = self.run_dir / "images"
                 if not (folder / f"{key}_input.nii.gz").exists():
@@ -300,10 +300,11 @@ class Trainer:
         x = torch.cat([batch["t1"], batch["t2"]]).to(self.device, memory_format=self.memory_format)  # (2B, 1, X, Y, Z)
         # A step with a non-finite loss is skipped whole, BatchNorm running statistics included.
         buffers = {name: b.clone() for name, b in self.modules()[0].named_buffers()}
+        views = torch.arange(len(VIEW_KEYS), device=self.device).repeat_interleave(len(batch["t1"]))
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             if self.spatial:
                 flips = self.second_view_flips()
-                z, content = self.encoder(flip_second_half(x, flips), with_content=True, second_half_flips=flips)
+                z, content = self.encoder(flip_second_half(x, flips), True, views, second_half_flips=flips)
             else:
                 z, content = self.encoder(x, with_content=True)
             # Negatives from every rank: the contrastive loss sees the union batch.
@@ -313,16 +314,27 @@ class Trainer:
                 # Self- and cross-view reconstruction: each view's map decoded with its own style and
                 # with the other view's must give that view; the self term gets the decoder going,
                 # the cross term makes the map hold what both views share and the style the rest.
+                warmup = self.config.warmup_steps
+                if self.step < warmup:
+                    # The maps start as one tissue code for both views and stay so while the decoder
+                    # learns to draw each style from it. Trained from the first step, while no style
+                    # yet drew a T2w, they made every brain voxel one channel within 25 steps and
+                    # stayed flat (Adam's steps are as large for a weak gradient, so only a stop helps).
+                    content = content.detach()
+                ramp = min(1.0, max(0.0, self.step / warmup - 1)) if warmup else 1.0
                 maps, style = content.chunk(2), self.model_config.style(z)
                 swapped = torch.cat(style.chunk(2)[::-1])
                 own, cross = self.decoder(torch.cat([*maps, *maps]), torch.cat([style, swapped])).chunk(2)
-                ramp = min(1.0, self.step / self.config.warmup_steps) if self.config.warmup_steps else 1.0
-                reconstruction = (
-                    self.reconstruction(own, x) + ramp * self.reconstruction(cross, torch.cat(x.chunk(2)[::-1]))
-                ) / (1 + ramp)
+                # The cross term is on from the first step: learnt after the self term, each view's
+                # map had already settled on a code of its own intensities that no style could translate.
+                reconstruction = (self.reconstruction(own, x) + self.reconstruction(cross, torch.cat(x.chunk(2)[::-1]))) / 2
                 mask = batch["mask_t1"].to(self.device) * batch["mask_t2"].to(self.device)
                 dense = self.config.dense_weight * self.dense["head"](*maps, mask)
-                dense = ramp * (dense + self.config.map_agreement_weight * (maps[0] - maps[1]).abs().sum(1).mean())
+                # The maps' L1 disagreement summed over voxels, like the reconstruction and on its
+                # scale, so that per voxel it weighs as much as a wrong intensity does.
+                disagreement = (maps[0] - maps[1]).abs().flatten(1).sum(1).mean()
+                agreement = self.config.scale_recon_loss * self.config.map_agreement_weight * disagreement
+                dense = ramp * (dense + agreement)
             else:
                 reconstruction = self.reconstruction(self.decoder(z), x)  # this rank's mean; DDP averages the gradients
                 dense = torch.zeros((), device=self.device)

@@ -105,8 +105,8 @@ def test_spatial_family_shapes_and_map(name):
     encoder, decoder = build_networks(preset.model, preset.preprocessing.spatial_size)
     assert isinstance(encoder, SpatialEncoder)
     x = torch.randn(2, 1, *preset.preprocessing.spatial_size)
-    z, content_map = encoder(x, with_content=True)
-    assert z.shape == (2, preset.model.latent_dim) and torch.equal(encoder.eval()(x), encoder(x))
+    z, content_map = encoder(x, with_content=True, views=torch.tensor([0, 1]))
+    assert z.shape == (2, preset.model.latent_dim) and torch.equal(encoder.eval()(x, views=0), encoder(x, views=0))
     assert content_map.shape == (2, preset.model.map_channels, *preset.preprocessing.spatial_size)
     assert torch.allclose(content_map.sum(1), torch.ones(1), atol=1e-5)  # a softmax code at every voxel
     style = preset.model.style(z)
@@ -117,7 +117,7 @@ def test_spatial_family_shapes_and_map(name):
 def test_content_infonce_trains_the_head_not_the_map():
     preset = PRESETS["tiny-spatial"]
     encoder, _ = build_networks(preset.model, preset.preprocessing.spatial_size)
-    z = encoder(torch.randn(2, 1, *preset.preprocessing.spatial_size))
+    z = encoder(torch.randn(2, 1, *preset.preprocessing.spatial_size), views=0)
     preset.model.content(z).square().sum().backward()
     assert all(p.grad is None for p in (*encoder.local.parameters(), *encoder.unet.parameters()))
     assert all(p.grad is not None for p in encoder.content_head.parameters())
@@ -169,8 +169,26 @@ def test_separable_option_in_both_families(name):
     assert count_parameters(encoder) + count_parameters(decoder) < standard
     assert any(m.groups > 1 for m in encoder.modules() if isinstance(m, torch.nn.Conv3d))  # depthwise convolutions
     x = torch.randn(2, 1, *preset.preprocessing.spatial_size)
-    z, content = encoder(x, with_content=True)
+    z, content = encoder(x, with_content=True, views=1)
     decoded = decoder.decode(content, model.style(z))
     assert decoded.shape == x.shape
     decoded.abs().mean().backward()
     assert all(p.grad is not None for p in encoder.parameters())
+
+
+def test_the_content_map_starts_as_one_tissue_code_for_both_contrasts():
+    """The map starts by binning intensities in each view's tissue order, so a T1w and the T2w of
+    the same tissues (the T2w's contrast reversed) begin with one code; outside the brain is channel 0."""
+    preset = PRESETS["tiny-spatial"]
+    encoder = build_networks(preset.model, preset.preprocessing.spatial_size)[0].eval()
+    t1 = torch.rand(1, 1, *preset.preprocessing.spatial_size) * 4 - 2
+    t1[..., :4] = 0  # outside the brain
+    with torch.no_grad():
+        _, (t1_map, t2_map) = encoder(torch.cat([t1, -t1]), with_content=True, views=torch.tensor([0, 1]))
+        _, given_as_t1 = encoder(-t1, with_content=True, views=0)
+    assert (t1_map.argmax(0) == t2_map.argmax(0)).float().mean() > 0.99
+    # The view given matters: only the middle intensities keep their channel (all would, were it ignored).
+    assert (given_as_t1[0].argmax(0) == t2_map.argmax(0))[..., 4:].float().mean() < 0.6
+    assert (t1_map.argmax(0)[..., :4] == 0).all() and (t1_map.argmax(0)[..., 4:] != 0).all()
+    with pytest.raises(ValueError, match="needs each image's view"):
+        encoder(t1)

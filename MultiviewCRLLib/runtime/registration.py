@@ -1,0 +1,156 @@
+"""Registration of two contrasts through their content maps (the spatial family's), in the manner
+of CoMIR: a subject's T1w and T2w maps are trained to be one image, so a monomodal metric (mean
+squares) aligns them, and the transform found is applied to the moving scan itself. The baseline
+registers the same preprocessed intensities by Mattes mutual information, with the same optimiser,
+pyramid and starts (``alignment.register``).
+
+Transforms map points of the fixed scan's world to the moving scan's (ITK's convention), so a
+transform file written from one resamples the moving scan onto the fixed one in ITK and Slicer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .alignment import MUTUAL_INFORMATION, AlignmentError, from_sitk, ras_matrix, register, resample, to_sitk
+from .bundle import Bundle
+from .preprocessing import preprocess_array
+from .storage import atomic_save_nifti, nifti_image, staged_folder
+
+ALIGNED, TRANSFORM, SUMMARY = "aligned.nii.gz", "transform.tfm", "registration.json"
+
+CONTENT_MAPS, MAP_METRIC = "content maps", "mean squares"
+METHODS = {CONTENT_MAPS: MAP_METRIC, MUTUAL_INFORMATION: MUTUAL_INFORMATION}
+# Two aligned maps of one subject correlate far above this inside the fixed brain; a
+# registration that ends below it has diverged, and its transform is not applied.
+MIN_MAP_CORRELATION = 0.5
+
+
+@dataclass
+class Registration:
+    method: str  # a key of METHODS
+    transform: sitk.Transform  # fixed world points -> moving world points
+    residual: float  # 1 - correlation of the two registration images inside the fixed brain, once aligned
+    seconds: float
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The transform as a 4 x 4 RAS matrix."""
+        return ras_matrix(self.transform)
+
+
+def map_projection(fixed_map: torch.Tensor, moving_map: torch.Tensor, masks: tuple) -> torch.Tensor:
+    """The (K,) direction that spreads the maps' brain voxels most (their first principal axis):
+    one scalar image per map, the same projection for both. Maps (K, X, Y, Z); masks (X, Y, Z)."""
+    voxels = torch.cat([m[:, mask > 0.5].T for m, mask in zip((fixed_map, moving_map), masks)]).double()
+    _, _, axes = torch.linalg.svd(voxels - voxels.mean(0), full_matrices=False)
+    return axes[0].float()
+
+
+def require_content_maps(bundle: Bundle) -> None:
+    if bundle.model.family != "spatial":
+        raise ValueError(
+            f"this model bundle is of the {bundle.model.family} family and has no content maps; registration "
+            "through content maps needs a spatial-family bundle"
+        )
+
+
+@torch.no_grad()
+def registration_images(
+    bundle: Bundle, fixed: tuple[np.ndarray, np.ndarray], moving: tuple[np.ndarray, np.ndarray], method: str
+) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
+    """The fixed (T1w) and moving (T2w) images a ``method`` registers, each on its own model
+    grid, and the fixed brain mask: the preprocessed intensities, or the content maps projected on
+    one axis."""
+    prepared = [preprocess_array(array, affine, bundle.preprocessing) for array, affine in (fixed, moving)]
+    affines = [image.affine.numpy() for image, _ in prepared]
+    fixed_mask = sitk.Cast(to_sitk(prepared[0][1][0].numpy(), affines[0]), sitk.sitkUInt8)
+    if method == MUTUAL_INFORMATION:
+        images = [image[0].numpy() for image, _ in prepared]
+    else:
+        device = next(bundle.encoder.parameters()).device
+        maps = [
+            bundle.encoder(image.as_tensor()[None].to(device), with_content=True, views=view)[1][0].float().cpu()
+            for view, (image, _) in enumerate(prepared)
+        ]
+        axis = map_projection(*maps, [mask[0] for _, mask in prepared])
+        images = [torch.einsum("k...,k->...", m, axis).numpy() for m in maps]
+    return to_sitk(images[0], affines[0]), to_sitk(images[1], affines[1]), fixed_mask
+
+
+def aligned_correlation(fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image, transform: sitk.Transform) -> float:
+    """Pearson correlation of the fixed image and the moving one resampled onto it, inside ``mask``."""
+    inside = sitk.GetArrayFromImage(mask) > 0
+    a = sitk.GetArrayFromImage(fixed)[inside]
+    b = sitk.GetArrayFromImage(resample(moving, fixed, transform))[inside]
+    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
+
+
+def register_views(
+    bundle: Bundle,
+    fixed: tuple[np.ndarray, np.ndarray],
+    moving: tuple[np.ndarray, np.ndarray],
+    method: str = CONTENT_MAPS,
+    names: tuple[str, str] = ("the fixed scan", "the moving scan"),
+) -> Registration:
+    """Register ``moving``, a T2w, to ``fixed``, a T1w of the same subject (each an [i, j, k]
+    array and its RAS affine): rigid, then affine from it, over a pyramid. ``method``:
+    through the bundle's content maps (mean squares) or by mutual information on the intensities.
+
+    Raises ValueError for a bundle without content maps and AlignmentError, naming the volumes and
+    the residual, when the content maps do not agree once aligned (the registration diverged).
+    """
+    if method == CONTENT_MAPS:
+        require_content_maps(bundle)
+    start = time.perf_counter()
+    fixed_image, moving_image, mask = registration_images(bundle, fixed, moving, method)
+    metric = METHODS[method]
+    rigid = register(fixed_image, moving_image, "rigid", mask, metric=metric)
+    transform = register(fixed_image, moving_image, "affine", mask, initial=rigid, metric=metric)
+    residual = 1.0 - aligned_correlation(fixed_image, moving_image, mask, transform)
+    if method == CONTENT_MAPS and 1.0 - residual < MIN_MAP_CORRELATION:
+        raise AlignmentError(
+            f"registration of {names[1]} to {names[0]} through content maps diverged: the aligned maps correlate "
+            f"{1.0 - residual:.2f} (residual {residual:.2f}; two scans of one subject give over {MIN_MAP_CORRELATION}); "
+            "no transform was applied. Check that both are brain MRI of the same subject."
+        )
+    return Registration(method, transform, residual, time.perf_counter() - start)
+
+
+def apply_registration(
+    registration: Registration, fixed: tuple[np.ndarray, np.ndarray], moving: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The moving scan resampled onto the fixed scan's own grid (its input resolution) through the
+    registration: an [i, j, k] array and its RAS affine; zeros outside the moving scan's coverage."""
+    aligned = resample(to_sitk(*moving), to_sitk(*fixed), registration.transform)
+    return from_sitk(aligned)
+
+
+def write_registration(
+    registration: Registration, fixed: tuple[np.ndarray, np.ndarray], moving: tuple[np.ndarray, np.ndarray], out_dir: Path
+) -> Path:
+    """A new folder ``out_dir`` (an existing one is refused, never replaced) with the moving scan
+    aligned on the fixed scan's grid (``aligned.nii.gz``), the transform as an ITK transform file
+    that Slicer also reads (``transform.tfm``) and ``registration.json`` (method, residual,
+    seconds and the 4 x 4 RAS matrix from fixed to moving points)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise ValueError(f"{out_dir} exists; registrations are written to a new folder, never over an old one")
+    with staged_folder(out_dir) as staging:
+        atomic_save_nifti(nifti_image(*apply_registration(registration, fixed, moving)), staging / ALIGNED)
+        sitk.WriteTransform(registration.transform, str(staging / TRANSFORM))
+        summary = {
+            "method": registration.method,
+            "residual": registration.residual,
+            "seconds": registration.seconds,
+            "fixed_to_moving_ras": registration.matrix.tolist(),
+        }
+        (staging / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    return out_dir
