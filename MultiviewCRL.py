@@ -328,7 +328,7 @@ class MultiviewCRLTest(ScriptedLoadableModuleTest):
         result = logic.process(t1, t2, DEMO_MODEL, "cpu", runner=BackgroundRunner(slicer.app.processEvents))
         import numpy as np
 
-        self.assertEqual(len(result["volumes"]), 8)
+        self.assertEqual(len(result["volumes"]), 10)  # with the two content maps
         for node in result["volumes"].values():
             self.assertTrue(np.isfinite(slicer.util.arrayFromVolume(node)).all())
         self.assertIsNotNone(result["analysis"].content_cosine)

@@ -17,6 +17,7 @@ between the map of a rotated image, rotated back, and the map of the image, per 
 
 import argparse
 import csv
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -25,7 +26,7 @@ import SimpleITK as sitk
 import torch
 
 from MultiviewCRLLib.config import VIEWS
-from MultiviewCRLLib.runtime.alignment import from_ras_matrix, from_sitk, ras_matrix, resample, to_sitk
+from MultiviewCRLLib.runtime.alignment import AlignmentError, from_ras_matrix, from_sitk, ras_matrix, resample, to_sitk
 from MultiviewCRLLib.runtime.bundle import load_bundle
 from MultiviewCRLLib.runtime.preprocessing import preprocess_array
 from MultiviewCRLLib.runtime.registration import CONTENT_MAPS, METHODS, register_views, require_content_maps
@@ -142,7 +143,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     bundle = load_bundle(args.bundle)
     require_content_maps(bundle)
-    pairs = [p for p in discover_bids(args.cohort).pairs if p.split == "test"][: args.subjects]
+    pairs = [p for p in discover_bids(args.cohort).kept if p.split == "test"][: args.subjects]
     args.out.mkdir(parents=True, exist_ok=False)  # an earlier benchmark's figures are never overwritten
     rng = np.random.default_rng(args.seed)
     rows = []
@@ -155,11 +156,16 @@ def main() -> None:
                 truth = misalignment(rng, magnitude, kind, points.mean(0))
                 shifted = moved(moving, truth)
                 for method in METHODS:
-                    found = register_views(bundle, fixed, shifted, method)
-                    error = error_mm(found.matrix, truth, points)
+                    started = time.perf_counter()
+                    try:
+                        found = register_views(bundle, fixed, shifted, method)
+                    except AlignmentError:  # refused as diverged: a failure
+                        error, seconds, residual = float("inf"), time.perf_counter() - started, float("nan")
+                    else:
+                        error, seconds, residual = error_mm(found.matrix, truth, points), found.seconds, found.residual
                     rows.append(dict(subject=pair.subject, kind=kind, magnitude=magnitude, method=method,
-                                     error_mm=error, seconds=found.seconds, residual=found.residual))
-                    print(f"{pair.subject} {kind} {magnitude:g}: {method} {error:.2f} mm in {found.seconds:.1f} s")
+                                     error_mm=error, seconds=seconds, residual=residual))
+                    print(f"{pair.subject} {kind} {magnitude:g}: {method} {error:.2f} mm in {seconds:.1f} s")
     with open(args.out / "registration.tsv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
         writer.writeheader()

@@ -166,7 +166,13 @@ def analyse_pair(
     if bundle.input_check is not None:
         volumes = {view: mask_volume_ml(out.masks[view], bundle.preprocessing.spacing_mm) for view in given}
         latents = {view: z.double().numpy() for view, z in out.latents.items()}
-        out.check = bundle.input_check.check(latents, volumes, out.content_cosine, names)
+        as_other_view = None
+        if model.family == "spatial":  # its encoder is told the view: ask it as the other one too
+            as_other_view = {
+                view: bundle.encoder(x, views=VIEWS.index(other_view(view)))[0].double().cpu().numpy()
+                for view, x in images.items()
+            }
+        out.check = bundle.input_check.check(latents, volumes, out.content_cosine, names, as_other_view)
     return out
 
 

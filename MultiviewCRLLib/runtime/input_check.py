@@ -126,15 +126,19 @@ class InputCheck:
         volumes_ml: dict[str, float],
         content_cosine: float | None,
         names: dict[str, str] | None = None,
+        as_other_view: dict[str, np.ndarray] | None = None,
     ) -> CheckReport:
         """Check the given views' (latent_dim,) latents, brain-mask volumes and, for a pair, the
-        cosine of their contents; ``names`` {view: the volume's name} words the warnings."""
+        cosine of their contents; ``names`` {view: the volume's name} words the warnings;
+        ``as_other_view`` {view: the latent of that input encoded as the other view}, for an
+        encoder that is told each image's view (else the input's own latent stands for it)."""
         report = CheckReport()
         for view, latent in latents.items():
             this = volume_words(view, names)
             own = float(self.gaussians[view].atypicality(latent)[0])
             other_name = other_view(view)
-            other = float(self.gaussians[other_name].atypicality(latent)[0])
+            other_latent = latent if as_other_view is None else as_other_view[view]
+            other = float(self.gaussians[other_name].atypicality(other_latent)[0])
             percentile = percentile_in(self.atypicality[view], own)
             report.figures.append(
                 f"{view}: atypicality {own:.2f} (above {percentile:.0f}% of the validation {view}s; "

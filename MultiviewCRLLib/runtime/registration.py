@@ -1,8 +1,8 @@
 """Registration of two contrasts through their content maps (the spatial family's), in the manner
 of CoMIR: a subject's T1w and T2w maps are trained to be one image, so a monomodal metric (mean
 squares) aligns them, and the transform found is applied to the moving scan itself. The baseline
-registers the same preprocessed intensities by Mattes mutual information, with the same optimiser,
-pyramid and starts (``alignment.register``).
+registers the scans' intensities by Mattes mutual information, with the same optimiser, pyramid
+and starts (``alignment.register``).
 
 Transforms map points of the fixed scan's world to the moving scan's (ITK's convention), so a
 transform file written from one resamples the moving scan onto the fixed one in ITK and Slicer.
@@ -30,14 +30,16 @@ CONTENT_MAPS, MAP_METRIC = "content maps", "mean squares"
 METHODS = {CONTENT_MAPS: MAP_METRIC, MUTUAL_INFORMATION: MUTUAL_INFORMATION}
 # Two aligned maps of one subject correlate far above this inside the fixed brain; a
 # registration that ends below it has diverged, and its transform is not applied.
-MIN_MAP_CORRELATION = 0.5
+MIN_MAP_CORRELATION = 0.3
 
 
 @dataclass
 class Registration:
     method: str  # a key of METHODS
     transform: sitk.Transform  # fixed world points -> moving world points
-    residual: float  # 1 - correlation of the two registration images inside the fixed brain, once aligned
+    # 1 - |correlation| of the two registration images inside the fixed brain, once aligned (two
+    # contrasts' intensities may correlate negatively)
+    residual: float
     seconds: float
 
     @property
@@ -46,12 +48,12 @@ class Registration:
         return ras_matrix(self.transform)
 
 
-def map_projection(fixed_map: torch.Tensor, moving_map: torch.Tensor, masks: tuple) -> torch.Tensor:
-    """The (K,) direction that spreads the maps' brain voxels most (their first principal axis):
-    one scalar image per map, the same projection for both. Maps (K, X, Y, Z); masks (X, Y, Z)."""
-    voxels = torch.cat([m[:, mask > 0.5].T for m, mask in zip((fixed_map, moving_map), masks)]).double()
-    _, _, axes = torch.linalg.svd(voxels - voxels.mean(0), full_matrices=False)
-    return axes[0].float()
+def map_projection(bundle: Bundle) -> torch.Tensor:
+    """The (K,) weights that turn a content map into one scalar image: each channel's intensity
+    under the cohort's mean T1w style (the decoder's lookup), so both maps are drawn in one
+    contrast. (Their first principal axis served worse: a channel one view's maps use and the
+    other's hardly do could dominate it.)"""
+    return bundle.decoder.intensities(bundle.style_means["T1w"][None].to(next(bundle.decoder.parameters()).device))[0].float().cpu()
 
 
 def require_content_maps(bundle: Bundle) -> None:
@@ -66,22 +68,27 @@ def require_content_maps(bundle: Bundle) -> None:
 def registration_images(
     bundle: Bundle, fixed: tuple[np.ndarray, np.ndarray], moving: tuple[np.ndarray, np.ndarray], method: str
 ) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
-    """The fixed (T1w) and moving (T2w) images a ``method`` registers, each on its own model
-    grid, and the fixed brain mask: the preprocessed intensities, or the content maps projected on
-    one axis."""
+    """The fixed (T1w) and moving (T2w) images a ``method`` registers and the fixed brain mask:
+    for mutual information the scans themselves at their own resolution, the brain mask by the
+    preprocessing's threshold; through content maps, the two maps (each on its scan's own model
+    grid) drawn by ``map_projection``, positive inside the brain and zero outside (the initial
+    alignment of centres of mass weighs voxels by their values)."""
+    if method == MUTUAL_INFORMATION:
+        mask = sitk.Cast(to_sitk((fixed[0] > bundle.preprocessing.mask_threshold).astype(np.float32), fixed[1]), sitk.sitkUInt8)
+        return to_sitk(*fixed), to_sitk(*moving), mask
     prepared = [preprocess_array(array, affine, bundle.preprocessing) for array, affine in (fixed, moving)]
     affines = [image.affine.numpy() for image, _ in prepared]
-    fixed_mask = sitk.Cast(to_sitk(prepared[0][1][0].numpy(), affines[0]), sitk.sitkUInt8)
-    if method == MUTUAL_INFORMATION:
-        images = [image[0].numpy() for image, _ in prepared]
-    else:
-        device = next(bundle.encoder.parameters()).device
-        maps = [
-            bundle.encoder(image.as_tensor()[None].to(device), with_content=True, views=view)[1][0].float().cpu()
-            for view, (image, _) in enumerate(prepared)
-        ]
-        axis = map_projection(*maps, [mask[0] for _, mask in prepared])
-        images = [torch.einsum("k...,k->...", m, axis).numpy() for m in maps]
+    masks = [mask[0] for _, mask in prepared]
+    device = next(bundle.encoder.parameters()).device
+    maps = [
+        bundle.encoder(image.as_tensor()[None].to(device), with_content=True, views=view)[1][0].float().cpu()
+        for view, (image, _) in enumerate(prepared)
+    ]
+    axis = map_projection(bundle)
+    images = [torch.einsum("k...,k->...", m, axis) for m in maps]
+    floor = min(image[mask > 0.5].min() for image, mask in zip(images, masks))
+    images = [torch.where(mask > 0.5, image - floor + 1.0, 0.0).numpy() for image, mask in zip(images, masks)]
+    fixed_mask = sitk.Cast(to_sitk(masks[0].numpy(), affines[0]), sitk.sitkUInt8)
     return to_sitk(images[0], affines[0]), to_sitk(images[1], affines[1]), fixed_mask
 
 
@@ -112,9 +119,15 @@ def register_views(
     start = time.perf_counter()
     fixed_image, moving_image, mask = registration_images(bundle, fixed, moving, method)
     metric = METHODS[method]
-    rigid = register(fixed_image, moving_image, "rigid", mask, metric=metric)
-    transform = register(fixed_image, moving_image, "affine", mask, initial=rigid, metric=metric)
-    residual = 1.0 - aligned_correlation(fixed_image, moving_image, mask, transform)
+    try:  # the metric samples the whole field of view: kept to the brain, mutual information lost its outline
+        rigid = register(fixed_image, moving_image, "rigid", metric=metric)
+        transform = register(fixed_image, moving_image, "affine", initial=rigid, metric=metric)
+    except RuntimeError as err:  # ITK stops when the images no longer overlap
+        raise AlignmentError(
+            f"registration of {names[1]} to {names[0]} by {method} failed: {str(err).splitlines()[-1].strip()}; "
+            "no transform was applied"
+        ) from err
+    residual = 1.0 - abs(aligned_correlation(fixed_image, moving_image, mask, transform))
     if method == CONTENT_MAPS and 1.0 - residual < MIN_MAP_CORRELATION:
         raise AlignmentError(
             f"registration of {names[1]} to {names[0]} through content maps diverged: the aligned maps correlate "

@@ -29,9 +29,9 @@ def test_ships_small_and_complete():
     assert sum(p.stat().st_size for p in DEMO_MODEL.iterdir()) <= 30 * 2**20
 
 
-def test_matches_the_demo_preset(demo_bundle):
-    assert demo_bundle.model == PRESETS["demo"].model
-    assert demo_bundle.preprocessing == PRESETS["demo"].preprocessing
+def test_matches_the_spatial_demo_preset(demo_bundle):
+    assert demo_bundle.model == PRESETS["spatial-demo"].model
+    assert demo_bundle.preprocessing == PRESETS["spatial-demo"].preprocessing
     assert demo_bundle.settings["weights_dtype"] == "float16"
     assert demo_bundle.cohort_content.shape[1] == demo_bundle.content_dim
 
@@ -48,7 +48,7 @@ def test_analyses_a_pair_of_real_nodes(demo_bundle, cohort_1mm):
     slicer.mrmlScene = scene = slicer.vtkMRMLScene()
     nodes = [read_volume_node(volume_path(cohort_1mm, "sub-0001", view), scene) for view in ("T1w", "T2w")]
     result = analyse_nodes(demo_bundle, *nodes, scene=scene, prepare=False)
-    assert len(result["volumes"]) == 8
+    assert len(result["volumes"]) == 10  # 2 reconstructions, 2 cross-view images, 4 error maps, 2 content maps
     for node in result["volumes"].values():
         array = slicer.util.arrayFromVolume(node)
         assert array.shape == (48, 56, 48) and np.isfinite(array).all()
