@@ -53,7 +53,8 @@ def map_projection(bundle: Bundle) -> torch.Tensor:
     under the cohort's mean T1w style (the decoder's lookup), so both maps are drawn in one
     contrast. (Their first principal axis served worse: a channel one view's maps use and the
     other's hardly do could dominate it.)"""
-    return bundle.decoder.intensities(bundle.style_means["T1w"][None].to(next(bundle.decoder.parameters()).device))[0].float().cpu()
+    style = bundle.style_means["T1w"][None].to(next(bundle.decoder.parameters()).device)
+    return bundle.decoder.intensities(style)[0].float().cpu()
 
 
 def require_content_maps(bundle: Bundle) -> None:

@@ -304,7 +304,9 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             if self.spatial:
                 flips = self.second_view_flips()
-                z, content = self.encoder(flip_second_half(x, flips), True, views, second_half_flips=flips)
+                z, content = self.encoder(
+                    flip_second_half(x, flips), with_content=True, views=views, second_half_flips=flips
+                )
             else:
                 z, content = self.encoder(x, with_content=True)
             # Negatives from every rank: the contrastive loss sees the union batch.
