@@ -240,7 +240,7 @@ def build_register_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trainer_cli.py register",
         description="Register a moving scan (e.g. a T2w) to a fixed scan of the same subject in another contrast "
-        "(e.g. its T1w): rigid, then affine, through a spatial-family bundle's content maps (mean squares), or by "
+        "(e.g. its T1w): rigid, then affine (or rigid only), through a spatial-family bundle's content maps (mean squares), or by "
         "Mattes mutual information. Writes OUT/aligned.nii.gz (the moving scan on the fixed scan's grid), "
         "OUT/transform.tfm (ITK; Slicer reads it) and OUT/registration.json.",
     )
@@ -250,6 +250,12 @@ def build_register_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="a new folder for the results")
     parser.add_argument(
         "--method", choices=["content-maps", "mutual-information"], default="content-maps", help="what is compared"
+    )
+    parser.add_argument(
+        "--transform",
+        choices=["affine", "rigid"],
+        default="affine",
+        help="affine: rigid, then affine from it; rigid: stop after the rigid fit (two scans of one session)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     return parser
@@ -264,7 +270,7 @@ def register_command(args: argparse.Namespace) -> str:
     scans = [read_volume(path) for path in (args.fixed, args.moving)]
     bundle = load_bundle(args.bundle, select_device(args.device))
     names = (f"the fixed scan {args.fixed}", f"the moving scan {args.moving}")
-    registration = register_views(bundle, *scans, method=args.method.replace("-", " "), names=names)
+    registration = register_views(bundle, *scans, method=args.method.replace("-", " "), names=names, kind=args.transform)
     write_registration(registration, *scans, args.out)
     return f"residual {registration.residual:.3f} in {registration.seconds:.1f} s; wrote {args.out}"
 

@@ -1,18 +1,26 @@
 """T2w-to-T1w registration through content maps against Mattes mutual information, on synthetic
 pairs with a known misalignment, and the content map's rotation equivariance.
 
-    python benchmarks/registration.py --bundle Resources/Models/demo \\
+    python benchmarks/registration.py --bundle Resources/Models/demo [--raw data/raw-test] \\
         [--cohort data/synthetic-n600-s0-2mm] [--subjects 8] [--magnitudes 5 10 20 30] [--out results/registration]
 
 Each test subject's T2w is moved by a random rigid or affine transform of each magnitude (a
 rotation of that many degrees about a random axis through the brain's centre and a shift of as
 many millimetres; affine: also per-axis scales up to 10% and shears up to 0.05 at 30) and
-registered back to its T1w by both methods (``runtime.registration``: same optimiser, pyramid and
-starts, on the same model grids). The error is the mean distance between where the found and
-the true transform put the T1w's brain voxels; a registration succeeds within 2 mm. Writes
-``registration.tsv`` (one row per registration), ``registration.png`` (success against magnitude)
-and prints the table per method, kind and magnitude, and the equivariance table: the correlation
-between the map of a rotated image, rotated back, and the map of the image, per angle.
+registered back to its T1w by both methods, the content maps also with the rigid fit alone
+(``runtime.registration``: same optimiser, pyramid and starts, on the same model grids). The error is the mean distance between where the found and
+the true transform put the T1w's brain voxels; a registration succeeds within 2 mm.
+
+With ``--raw`` (raw-looking scans from ``MultiviewCRLLib.training.raw_scans``: skull, pose, a thick
+tilted T2w slab), their T2w is moved by rigid transforms too and registered to their T1w by both
+methods after preparing each scan on its own (``ThroughPreparation``); the brain voxels are the
+ground-truth mask's. (Mutual information on the raw heads themselves, tried first, ended 10 mm off
+in 95-210 s: the slab covers only part of the head.)
+
+Writes ``registration.tsv`` (one row per registration), ``registration.png`` (success against
+magnitude) and prints the table per scans, method, kind and magnitude, and the equivariance
+table: the correlation between the map of a rotated image, rotated back, and the map of the
+image, per angle, beside what rotating the map itself and back keeps.
 """
 
 import argparse
@@ -28,11 +36,14 @@ import torch
 from MultiviewCRLLib.config import VIEWS
 from MultiviewCRLLib.runtime.alignment import AlignmentError, from_ras_matrix, from_sitk, ras_matrix, resample, to_sitk
 from MultiviewCRLLib.runtime.bundle import load_bundle
+from MultiviewCRLLib.runtime.preparation import prepare_pair
 from MultiviewCRLLib.runtime.preprocessing import preprocess_array
-from MultiviewCRLLib.runtime.registration import CONTENT_MAPS, METHODS, register_views, require_content_maps
+from MultiviewCRLLib.runtime.registration import CONTENT_MAPS, MUTUAL_INFORMATION, register_views, require_content_maps
 from MultiviewCRLLib.training.discovery import discover_bids
+from MultiviewCRLLib.training.raw_scans import BRAIN_MASK
 
 SUCCESS_MM = 2.0
+RIGID_MAPS = "content maps, rigid only"
 T2W = VIEWS.index("T2w")
 PAD_VOXELS = 16  # room around the moved brain, so no part of it leaves the scan's field of view
 
@@ -69,6 +80,34 @@ def moved(scan: tuple[np.ndarray, np.ndarray], truth: np.ndarray) -> tuple[np.nd
     return from_sitk(resample(grid, grid, from_ras_matrix(np.linalg.inv(truth))))
 
 
+class ThroughPreparation:
+    """Raw-looking scans registered the way their preparation would: each scan prepared on its own
+    (brain extraction and alignment to the bundle's template), the prepared pair registered on the
+    template grid by ``method`` (through content maps, or by mutual information on the prepared
+    intensities), and the transform carried back to the scans' own worlds. Both methods of one
+    pair share its preparation (kept for the last pair), and both are timed with it."""
+
+    def __init__(self, bundle):
+        self.bundle, self.last = bundle, (None, None, None)
+
+    def prepared(self, fixed: tuple, moving: tuple) -> tuple[dict, float]:
+        if self.last[0] != (id(fixed), id(moving)):
+            started = time.perf_counter()
+            prepared = {view: prepare_pair({view: scan}, self.bundle.template) for view, scan in zip(VIEWS, (fixed, moving))}
+            self.last = ((id(fixed), id(moving)), prepared, time.perf_counter() - started)
+        return self.last[1], self.last[2]
+
+    def method(self, method: str, kind: str):
+        def run(fixed: tuple, moving: tuple) -> tuple[np.ndarray, float]:
+            """(4 x 4 RAS matrix from the T1w's world to the T2w's, seconds)."""
+            prepared, seconds = self.prepared(fixed, moving)
+            found = register_views(self.bundle, *(prepared[view].images[view] for view in VIEWS), method, kind=kind)
+            to_input = {view: prepared[view].to_input[view] for view in VIEWS}
+            return to_input["T2w"] @ found.matrix @ np.linalg.inv(to_input["T1w"]), seconds + found.seconds
+
+        return run
+
+
 def error_mm(found: np.ndarray, truth: np.ndarray, points: np.ndarray) -> float:
     a, b = (points @ m[:3, :3].T + m[:3, 3] for m in (found, truth))
     return float(np.linalg.norm(a - b, axis=1).mean())
@@ -80,31 +119,34 @@ def load(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
-def equivariance(bundle, scans: list, angles: list[float], rng: np.random.Generator) -> dict[float, float]:
-    """Mean correlation, inside the brain, between the content map of an image rotated by each
-    angle (about a random axis through the grid's centre), rotated back, and the image's own map."""
+def equivariance(bundle, scans: list, angles: list[float], rng: np.random.Generator) -> dict[float, tuple[float, float]]:
+    """Per angle, two mean correlations inside the brain with the image's own content map: of the
+    map of the image rotated by that angle (about a random axis through the grid's centre), rotated
+    back; and of the map itself rotated and back, which is what the interpolation alone loses."""
     out = {angle: [] for angle in angles}
     for array, affine in scans:
         image, mask = preprocess_array(array, affine, bundle.preprocessing)
-        reference = to_sitk(image[0].numpy(), image.affine.numpy())
-        centre = image.affine.numpy()[:3, :3] @ (np.array(image.shape[1:]) - 1) / 2 + image.affine.numpy()[:3, 3]
-        own = bundle.encoder(image.as_tensor()[None], with_content=True, views=T2W)[1][0]
+        grid = image.affine.numpy()
+        reference = to_sitk(image[0].numpy(), grid)
+
+        def turned(volume: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+            return from_sitk(resample(to_sitk(volume, grid), reference, from_ras_matrix(matrix)))[0]
+
+        centre = grid[:3, :3] @ (np.array(image.shape[1:]) - 1) / 2 + grid[:3, 3]
+        own = bundle.encoder(image.as_tensor()[None], with_content=True, views=T2W)[1][0].numpy()
         inside = mask[0].numpy() > 0.5
         for angle in angles:
             turn = np.eye(4)
             turn[:3, :3] = np.array(rotation(rng.normal(size=3), angle)).reshape(3, 3)
             turn[:3, 3] = centre - turn[:3, :3] @ centre
-            turned = from_sitk(resample(reference, reference, from_ras_matrix(turn)))[0]
-            content = bundle.encoder(torch.from_numpy(turned)[None, None].float(), with_content=True, views=T2W)[1][0]
-            back = np.stack(
-                [from_sitk(resample(to_sitk(c.numpy(), image.affine.numpy()), reference, from_ras_matrix(np.linalg.inv(turn))))[0]
-                 for c in content]
-            )
+            rotated = torch.from_numpy(turned(image[0].numpy(), turn))[None, None].float()
+            content = bundle.encoder(rotated, with_content=True, views=T2W)[1][0].numpy()
+            back = np.stack([turned(c, np.linalg.inv(turn)) for c in content])
+            round_trip = np.stack([turned(turned(c, turn), np.linalg.inv(turn)) for c in own])
             # Only voxels that stayed inside the field of view while rotated.
-            kept = inside & (from_sitk(resample(to_sitk(inside.astype(np.float32), image.affine.numpy()), reference,
-                                                from_ras_matrix(turn)))[0] > 0.5)
-            out[angle].append(np.corrcoef(back[:, kept].ravel(), own.numpy()[:, kept].ravel())[0, 1])
-    return {angle: float(np.mean(values)) for angle, values in out.items()}
+            kept = inside & (turned(inside.astype(np.float32), turn) > 0.5)
+            out[angle].append([np.corrcoef(m[:, kept].ravel(), own[:, kept].ravel())[0, 1] for m in (back, round_trip)])
+    return {angle: tuple(np.mean(values, axis=0)) for angle, values in out.items()}
 
 
 def plot(rows: list[dict], out_png: Path) -> None:
@@ -113,14 +155,16 @@ def plot(rows: list[dict], out_png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
-    for ax, kind in zip(axes, ("rigid", "affine")):
-        for method in METHODS:
-            chosen = [r for r in rows if r["kind"] == kind and r["method"] == method]
+    panels = list(dict.fromkeys((r["scans"], r["kind"]) for r in rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, (label, kind) in zip(axes, panels):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            chosen = [r for r in rows if (r["scans"], r["kind"], r["method"]) == (label, kind, method)]
             magnitudes = sorted({r["magnitude"] for r in chosen})
             rates = [np.mean([r["error_mm"] <= SUCCESS_MM for r in chosen if r["magnitude"] == m]) for m in magnitudes]
             ax.plot(magnitudes, rates, marker="o", label=method)
-        ax.set_title(f"{kind} misalignment")
+        ax.set_title(f"{label} scans, {kind} misalignment")
         ax.set_xlabel("magnitude (degrees and mm)")
         ax.set_ylim(-0.05, 1.05)
     axes[0].set_ylabel(f"success (error <= {SUCCESS_MM:g} mm)")
@@ -130,10 +174,49 @@ def plot(rows: list[dict], out_png: Path) -> None:
     plt.close(fig)
 
 
+def registrations(bundle, scans: list, kinds: tuple, magnitudes: list, methods: dict, rng, label: str) -> list[dict]:
+    """One row per scan pair, kind, magnitude and method: ``scans`` (subject, T1w, T2w, the brain's
+    (N, 3) points in the T1w's world); ``methods`` {name: register(fixed, moving) -> (4 x 4 RAS
+    matrix, seconds)}, where AlignmentError (a refused registration) counts as a failure."""
+    rows = []
+    for subject, fixed, moving, points in scans:
+        for kind in kinds:
+            for magnitude in magnitudes:
+                truth = misalignment(rng, magnitude, kind, points.mean(0))
+                shifted = moved(moving, truth)
+                for method, run in methods.items():
+                    started = time.perf_counter()
+                    try:
+                        matrix, seconds = run(fixed, shifted)
+                    except AlignmentError:
+                        error, seconds = float("inf"), time.perf_counter() - started
+                    else:
+                        error = error_mm(matrix, truth, points)
+                    rows.append(dict(scans=label, subject=subject, kind=kind, magnitude=magnitude, method=method,
+                                     error_mm=error, seconds=seconds))
+                    print(f"{label} {subject} {kind} {magnitude:g}: {method} {error:.2f} mm in {seconds:.1f} s", flush=True)
+    return rows
+
+
+def print_table(rows: list[dict], label: str) -> None:
+    chosen = [r for r in rows if r["scans"] == label]
+    methods = list(dict.fromkeys(r["method"] for r in chosen))
+    print(f"\n{label} scans\n{'kind':7} {'magnitude':>9}  " + "  ".join(f"{m + ': success, median mm, s':>40}" for m in methods))
+    for kind, magnitude in dict.fromkeys((r["kind"], r["magnitude"]) for r in chosen):
+        cells = []
+        for method in methods:
+            cell = [r for r in chosen if (r["kind"], r["magnitude"], r["method"]) == (kind, magnitude, method)]
+            errors = [r["error_mm"] for r in cell]
+            cells.append(f"{np.mean(np.array(errors) <= SUCCESS_MM):.2f}, {np.median(errors):.2f}, "
+                         f"{np.median([r['seconds'] for r in cell]):.1f}")
+        print(f"{kind:7} {magnitude:9g}  " + "  ".join(f"{c:>40}" for c in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("Resources/Models/demo"))
     parser.add_argument("--cohort", type=Path, default=Path("data/synthetic-n600-s0-2mm"))
+    parser.add_argument("--raw", type=Path, help="raw-looking scans of test subjects (training.raw_scans), also registered")
     parser.add_argument("--subjects", type=int, default=8)
     parser.add_argument("--magnitudes", type=float, nargs="+", default=[5, 10, 20, 30])
     parser.add_argument("--angles", type=float, nargs="+", default=[0, 10, 20, 30, 90])
@@ -143,48 +226,49 @@ def main() -> None:
     torch.set_grad_enabled(False)
     bundle = load_bundle(args.bundle)
     require_content_maps(bundle)
-    pairs = [p for p in discover_bids(args.cohort).kept if p.split == "test"][: args.subjects]
     args.out.mkdir(parents=True, exist_ok=False)  # an earlier benchmark's figures are never overwritten
     rng = np.random.default_rng(args.seed)
-    rows = []
+
+    def registered(method, kind):
+        def run(fixed, moving):
+            found = register_views(bundle, fixed, moving, method, kind=kind)
+            return found.matrix, found.seconds
+        return run
+
+    # Each method with the issue's rigid-then-affine fit; the content maps also with the rigid fit alone.
+    variants = {name: (method, kind) for name, method, kind in (
+        (CONTENT_MAPS, CONTENT_MAPS, "affine"), (RIGID_MAPS, CONTENT_MAPS, "rigid"), (MUTUAL_INFORMATION, MUTUAL_INFORMATION, "affine"))}
+
+    pairs = [p for p in discover_bids(args.cohort).kept if p.split == "test"][: args.subjects]
+    clean = []
     for pair in pairs:
-        fixed, moving = load(pair.t1), load(pair.t2)
+        fixed = load(pair.t1)
         brain = np.argwhere(fixed[0] > bundle.preprocessing.mask_threshold)
-        points = brain @ fixed[1][:3, :3].T + fixed[1][:3, 3]
-        for kind in ("rigid", "affine"):
-            for magnitude in args.magnitudes:
-                truth = misalignment(rng, magnitude, kind, points.mean(0))
-                shifted = moved(moving, truth)
-                for method in METHODS:
-                    started = time.perf_counter()
-                    try:
-                        found = register_views(bundle, fixed, shifted, method)
-                    except AlignmentError:  # refused as diverged: a failure
-                        error, seconds, residual = float("inf"), time.perf_counter() - started, float("nan")
-                    else:
-                        error, seconds, residual = error_mm(found.matrix, truth, points), found.seconds, found.residual
-                    rows.append(dict(subject=pair.subject, kind=kind, magnitude=magnitude, method=method,
-                                     error_mm=error, seconds=seconds, residual=residual))
-                    print(f"{pair.subject} {kind} {magnitude:g}: {method} {error:.2f} mm in {seconds:.1f} s")
+        clean.append((pair.subject, fixed, load(pair.t2), brain @ fixed[1][:3, :3].T + fixed[1][:3, 3]))
+    methods = {name: registered(*variant) for name, variant in variants.items()}
+    rows = registrations(bundle, clean, ("rigid", "affine"), args.magnitudes, methods, rng, "clean")
+    if args.raw:
+        raw = []
+        for pair in discover_bids(args.raw).kept[: args.subjects]:
+            fixed = load(pair.t1)
+            truth = load(args.raw / BRAIN_MASK / pair.subject / "anat" / f"{pair.subject}_space-T1w_mask.nii.gz")
+            brain = np.argwhere(truth[0] > 0.5)
+            raw.append((pair.subject, fixed, load(pair.t2), brain @ truth[1][:3, :3].T + truth[1][:3, 3]))
+        through = ThroughPreparation(bundle)
+        methods = {name: through.method(*variant) for name, variant in variants.items()}
+        rows += registrations(bundle, raw, ("rigid",), args.magnitudes, methods, rng, "raw-looking")
     with open(args.out / "registration.tsv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
         writer.writeheader()
         writer.writerows(rows)
     plot(rows, args.out / "registration.png")
-    print(f"\n{'kind':7} {'magnitude':>9}  " + "  ".join(f"{m + ': success, median mm, s':>40}" for m in METHODS))
-    for kind in ("rigid", "affine"):
-        for magnitude in args.magnitudes:
-            cells = []
-            for method in METHODS:
-                chosen = [r for r in rows if (r["kind"], r["magnitude"], r["method"]) == (kind, magnitude, method)]
-                errors = [r["error_mm"] for r in chosen]
-                cells.append(f"{np.mean(np.array(errors) <= SUCCESS_MM):.2f}, {np.median(errors):.2f}, "
-                             f"{np.median([r['seconds'] for r in chosen]):.1f}")
-            print(f"{kind:7} {magnitude:9g}  " + "  ".join(f"{c:>40}" for c in cells))
-    scans = [load(p.t2) for p in pairs]
-    print("\ncontent-map equivariance (correlation with the unrotated map, T2w):")
-    for angle, value in equivariance(bundle, scans, args.angles, rng).items():
-        print(f"  {angle:5g} degrees: {value:.3f}")
+    for label in dict.fromkeys(r["scans"] for r in rows):
+        print_table(rows, label)
+    scans = [moving for _, _, moving, _ in clean]
+    print("\ncontent-map equivariance, T2w (correlation with the unrotated map): the map of the rotated image "
+          "rotated back / the map itself rotated and back (the interpolation's own loss)")
+    for angle, (value, interpolation) in equivariance(bundle, scans, args.angles, rng).items():
+        print(f"  {angle:5g} degrees: {value:.3f} / {interpolation:.3f}")
     print(f"wrote {args.out / 'registration.tsv'} and {args.out / 'registration.png'}")
 
 

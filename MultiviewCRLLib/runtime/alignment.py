@@ -149,6 +149,15 @@ def fit(
     return transform, method.GetMetricValue()
 
 
+def coarsened(image: sitk.Image, spacing_mm) -> sitk.Image:
+    """``image`` averaged over bins of whole voxels up to ``spacing_mm`` (3,) per axis (SimpleITK's
+    bin shrink keeps its physical extent): the metric samples the moving image only at the fixed
+    image's resolution, and each pyramid level smooths the whole moving image, so detail finer than
+    that only costs time (a 1 mm head against a 2 mm template: four times as long)."""
+    factors = [max(1, int(target // own)) for own, target in zip(image.GetSpacing(), spacing_mm)]
+    return sitk.BinShrink(image, factors) if max(factors) > 1 else image
+
+
 def register(
     fixed: sitk.Image,
     moving: sitk.Image,
@@ -160,7 +169,9 @@ def register(
     """Registration by ``metric`` (Mattes mutual information by default) with a transform of
     ``kind`` (rigid, similarity: rigid and one scale, or affine), started from ``initial`` or else
     from each of the ``STARTS`` best of a coarse rotation search, keeping the fit that ends best;
-    the transform maps fixed points to moving points."""
+    the transform maps fixed points to moving points. The moving image is first ``coarsened`` to
+    the fixed image's resolution."""
+    moving = coarsened(moving, fixed.GetSpacing())
     if initial is not None:
         return fit(fixed, moving, kind, fixed_mask, initial, metric)[0]
     starts = rotation_starts(fixed, moving, fixed_mask, STARTS, metric)
@@ -187,6 +198,34 @@ def rigid_part(transform: sitk.Transform, centre_ras: np.ndarray) -> np.ndarray:
     rigid[:3, :3] = rotation
     rigid[:3, 3] = matrix[:3, :3] @ centre_ras + matrix[:3, 3] - rotation @ centre_ras
     return rigid
+
+
+def brain_values(image: sitk.Image, reference: sitk.Image, mask: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """The values of two images on one grid inside ``mask``, each as (N,)."""
+    inside = sitk.GetArrayFromImage(mask) > 0.5
+    return tuple(sitk.GetArrayFromImage(i)[inside] for i in (image, reference))
+
+
+def brain_correlation(image: sitk.Image, reference: sitk.Image, mask: sitk.Image) -> float:
+    """|Pearson correlation| of two images on one grid inside ``mask`` (either sign: a T2w's
+    contrast is a T1w's inverted); 0 when either is constant there."""
+    values, reference_values = brain_values(image, reference, mask)
+    if values.size < 2 or values.std() == 0 or reference_values.std() == 0:
+        return 0.0
+    return float(abs(np.corrcoef(values, reference_values)[0, 1]))
+
+
+def brain_mutual_information(image: sitk.Image, reference: sitk.Image, mask: sitk.Image) -> float:
+    """Mutual information (bits; ``HISTOGRAM_BINS`` per image) of two images on one grid inside
+    ``mask``: two contrasts of one brain share it whichever way their intensities map, where
+    their correlation can be near 0."""
+    values, reference_values = brain_values(image, reference, mask)
+    if values.size < 2:
+        return 0.0
+    joint = np.histogram2d(values, reference_values, HISTOGRAM_BINS)[0] / values.size
+    independent = joint.sum(1, keepdims=True) @ joint.sum(0, keepdims=True)
+    shared = joint > 0
+    return float((joint[shared] * np.log2(joint[shared] / independent[shared])).sum())
 
 
 def resample(image: sitk.Image, reference: sitk.Image, transform: sitk.Transform, nearest: bool = False) -> sitk.Image:

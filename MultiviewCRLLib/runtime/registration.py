@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .alignment import MUTUAL_INFORMATION, AlignmentError, from_sitk, ras_matrix, register, resample, to_sitk
+from .alignment import MUTUAL_INFORMATION, AlignmentError, brain_correlation, from_sitk, ras_matrix, register, resample, to_sitk
 from .bundle import Bundle
 from .preprocessing import preprocess_array
 from .storage import atomic_save_nifti, nifti_image, staged_folder
@@ -93,24 +93,19 @@ def registration_images(
     return to_sitk(images[0], affines[0]), to_sitk(images[1], affines[1]), fixed_mask
 
 
-def aligned_correlation(fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image, transform: sitk.Transform) -> float:
-    """Pearson correlation of the fixed image and the moving one resampled onto it, inside ``mask``."""
-    inside = sitk.GetArrayFromImage(mask) > 0
-    a = sitk.GetArrayFromImage(fixed)[inside]
-    b = sitk.GetArrayFromImage(resample(moving, fixed, transform))[inside]
-    return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
-
-
 def register_views(
     bundle: Bundle,
     fixed: tuple[np.ndarray, np.ndarray],
     moving: tuple[np.ndarray, np.ndarray],
     method: str = CONTENT_MAPS,
     names: tuple[str, str] = ("the fixed scan", "the moving scan"),
+    kind: str = "affine",
 ) -> Registration:
     """Register ``moving``, a T2w, to ``fixed``, a T1w of the same subject (each an [i, j, k]
-    array and its RAS affine): rigid, then affine from it, over a pyramid. ``method``:
-    through the bundle's content maps (mean squares) or by mutual information on the intensities.
+    array and its RAS affine): rigid, then (``kind`` "affine") affine from it, over a pyramid.
+    ``method``: through the bundle's content maps (mean squares) or by mutual information on the
+    intensities. ``kind`` "rigid" stops after the rigid fit: one brain scanned twice moves
+    rigidly, and the maps' disagreements can pass for scale and shear.
 
     Raises ValueError for a bundle without content maps and AlignmentError, naming the volumes and
     the residual, when the content maps do not agree once aligned (the registration diverged).
@@ -121,14 +116,15 @@ def register_views(
     fixed_image, moving_image, mask = registration_images(bundle, fixed, moving, method)
     metric = METHODS[method]
     try:  # the metric samples the whole field of view: kept to the brain, mutual information lost its outline
-        rigid = register(fixed_image, moving_image, "rigid", metric=metric)
-        transform = register(fixed_image, moving_image, "affine", initial=rigid, metric=metric)
+        transform = register(fixed_image, moving_image, "rigid", metric=metric)
+        if kind == "affine":
+            transform = register(fixed_image, moving_image, "affine", initial=transform, metric=metric)
     except RuntimeError as err:  # ITK stops when the images no longer overlap
         raise AlignmentError(
             f"registration of {names[1]} to {names[0]} by {method} failed: {str(err).splitlines()[-1].strip()}; "
             "no transform was applied"
         ) from err
-    residual = 1.0 - abs(aligned_correlation(fixed_image, moving_image, mask, transform))
+    residual = 1.0 - brain_correlation(fixed_image, resample(moving_image, fixed_image, transform), mask)
     if method == CONTENT_MAPS and 1.0 - residual < MIN_MAP_CORRELATION:
         raise AlignmentError(
             f"registration of {names[1]} to {names[0]} through content maps diverged: the aligned maps correlate "

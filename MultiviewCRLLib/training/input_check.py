@@ -17,8 +17,11 @@ ATYPICALITY_AXES = 16
 # Warning thresholds sit this far beyond the validation subjects' extremes (atypicality and
 # brain volume), so that a clean input is warned about only when it is rarer than every one of them.
 MARGIN = 0.1
-# The share of the validation subjects' own pairs whose content agreement lies below the
-# one-person threshold.
+# A pair is warned about when its content agreement lies below this share of the validation
+# subjects' own pairs and above no more than this share of two different subjects' pairs: the
+# lower of the two quantiles, so that a pair is called two people only when it is atypical of one
+# person and typical of two. (A well-trained model packs one person's pairs near 1, and a real
+# pair's preparation alone moved it below all of them.)
 SAME_SUBJECT_FALSE_ALARMS = 0.02
 # Quantiles of the different-subject cosines kept in the bundle (to state a pair's percentile).
 REFERENCE_QUANTILES = np.linspace(0.0, 1.0, 201)
@@ -48,7 +51,9 @@ def calibrate(train_latents: dict, val_latents: dict, val_volumes: dict, content
     atypicality = {v: np.sort(gaussians[v].atypicality(val_latents[v].astype(np.float64))) for v in VIEWS}
     cosines = content_cosines(*(val_latents[v].astype(np.float64) for v in VIEWS), content_dim)
     same = np.sort(np.diag(cosines))
-    different = np.quantile(cosines[~np.eye(len(cosines), dtype=bool)], REFERENCE_QUANTILES)
+    different_all = cosines[~np.eye(len(cosines), dtype=bool)]
+    different = np.quantile(different_all, REFERENCE_QUANTILES)
+    one_person = min(np.quantile(same, SAME_SUBJECT_FALSE_ALARMS), np.quantile(different_all, 1 - SAME_SUBJECT_FALSE_ALARMS))
     return InputCheck(
         gaussians,
         atypicality,
@@ -56,7 +61,7 @@ def calibrate(train_latents: dict, val_latents: dict, val_volumes: dict, content
         {v: (float(val_volumes[v].min() * (1 - MARGIN)), float(val_volumes[v].max() * (1 + MARGIN))) for v in VIEWS},
         same,
         different,
-        float(np.quantile(same, SAME_SUBJECT_FALSE_ALARMS)),
+        float(one_person),
     )
 
 

@@ -80,6 +80,24 @@ def test_two_different_people_are_told_apart(check):
     assert np.mean(warned) >= 0.9
 
 
+def test_the_one_person_threshold_is_the_lower_of_two_quantiles():
+    """Well apart, the threshold sits just above two people's pairs, far below one person's (so a
+    pair a little less alike than every validation pair still passes); overlapping, it keeps the
+    one-person false alarms at 2%."""
+    rng = np.random.default_rng(6)
+    volumes = {view: rng.uniform(1500, 1900, 40) for view in ("T1w", "T2w")}
+    apart = calibrate(cohort(300, rng), cohort(40, rng), volumes, CONTENT)
+    assert apart.different_subjects[-1] < apart.same_subject[0]  # the noise of 0.05 leaves them well apart
+    assert np.mean(apart.different_subjects <= apart.same_subject_threshold) == pytest.approx(0.98, abs=0.01)
+    assert apart.same_subject_threshold < apart.same_subject[0] - 0.1
+
+    noisy = cohort(40, rng)
+    noisy["T2w"][:, :CONTENT] += rng.normal(0, 1.5, (40, CONTENT))  # one person's views hardly agree
+    overlapping = calibrate(cohort(300, rng), noisy, volumes, CONTENT)
+    assert overlapping.same_subject_threshold == pytest.approx(np.quantile(overlapping.same_subject, 0.02))
+    assert np.mean(overlapping.different_subjects <= overlapping.same_subject_threshold) < 0.9
+
+
 def test_inputs_unlike_the_training_data_are_warned_about(check):
     latents = subject(np.random.default_rng(5))
     latents["T2w"] = latents["T2w"] + 25.0

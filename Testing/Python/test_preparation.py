@@ -64,3 +64,11 @@ def test_a_volume_that_cannot_be_aligned_is_refused_with_its_name(tiny_run_dir):
     small[25:35, 25:35, 25:35] = 1000 + rng.normal(0, 50, (10, 10, 10))  # a 2 cm cube, not a head
     with pytest.raises(AlignmentError, match="the T1w 'cube': registration to the template diverged"):
         prepare_pair({"T1w": (small, np.diag([1.0, 1.0, 1.0, 1.0]))}, template, names={"T1w": "cube"})
+
+
+def test_a_second_view_that_does_not_align_with_the_first_is_refused_with_its_name(tiny_run_dir):
+    template = load_bundle(tiny_run_dir / "bundle").template
+    noise = np.random.default_rng(1).uniform(0, 1000, template.image.shape).astype(np.float32)
+    given = {"T1w": (template.image, template.affine), "T2w": (noise, template.affine)}
+    with pytest.raises(AlignmentError, match=r"the T2w 'noise': registration to the T1w 'brain' diverged \(mutual information"):
+        prepare_pair(given, template, names={"T1w": "brain", "T2w": "noise"})
