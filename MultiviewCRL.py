@@ -278,7 +278,7 @@ class MultiviewCRLLogic(ScriptedLoadableModuleLogic):
     def alignmentSummary(result: dict) -> str:
         registration = result["registration"]
         return (
-            f"The T2w now lies under the transform '{result['transform'].GetName()}' (rigid, then affine, through "
+            f"The T2w now lies under the transform '{result['transform'].GetName()}' (rigid, through "
             f"the content maps; {registration.seconds:.1f} s). Residual: {registration.residual:.3f} "
             "(1 minus the aligned maps' correlation inside the brain)."
         )

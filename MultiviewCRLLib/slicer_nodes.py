@@ -248,7 +248,7 @@ def analyse_nodes(
 def align_nodes(
     model: Bundle | Path | str, t1_node, t2_node, device: str = "cpu", scene=None, runner: Callable = run_inline
 ) -> dict:
-    """Register the T2w node to the T1w node through the bundle's content maps and place the T2w
+    """Register the T2w node to the T1w node rigidly through the bundle's content maps and place the T2w
     under a new linear transform node that aligns it, unresampled. A bundle without content maps,
     or a registration that diverges, raises with the nodes' names and adds nothing to the scene.
 
@@ -260,7 +260,11 @@ def align_nodes(
         raise NodeError("select both a T1w and a T2w volume to align")
     arrays = read_inputs(t1_node, t2_node)
     names = (f"the T1w '{t1_node.GetName()}'", f"the T2w '{t2_node.GetName()}'")
-    registration = runner(lambda: register_views(bundle_on(model, select_device(device)), *arrays.values(), names=names))
+    # Rigid: two scans of one patient's brain, and with affine freedom the maps' disagreements
+    # pass for scale (benchmarks/registration.py: rigid within 2 mm, affine never).
+    registration = runner(
+        lambda: register_views(bundle_on(model, select_device(device)), *arrays.values(), names=names, kind="rigid")
+    )
     scene = scene or slicer.mrmlScene
     transform = scene.AddNewNodeByClass(
         "vtkMRMLLinearTransformNode", scene.GenerateUniqueName(f"{t2_node.GetName()} to {t1_node.GetName()}")

@@ -166,14 +166,19 @@ def analyse_pair(
     if bundle.input_check is not None:
         volumes = {view: mask_volume_ml(out.masks[view], bundle.preprocessing.spacing_mm) for view in given}
         latents = {view: z.double().numpy() for view, z in out.latents.items()}
-        as_other_view = None
-        if model.family == "spatial":  # its encoder is told the view: ask it as the other one too
-            as_other_view = {
-                view: bundle.encoder(x, views=VIEWS.index(other_view(view)))[0].double().cpu().numpy()
-                for view, x in images.items()
-            }
+        as_other = as_other_view_latents(bundle, images)
+        as_other_view = None if as_other is None else {view: z[0] for view, z in as_other.items()}
         out.check = bundle.input_check.check(latents, volumes, out.content_cosine, names, as_other_view)
     return out
+
+
+def as_other_view_latents(bundle: Bundle, images: dict[str, torch.Tensor]) -> dict[str, np.ndarray] | None:
+    """{view: (B, latent_dim)} latents of each view's (B, 1, X, Y, Z) images encoded as the other
+    view, for the input check's wrong-contrast test; None for an encoder that is not told the view
+    (the global family: its own latents stand for them)."""
+    if bundle.model.family != "spatial":
+        return None
+    return {view: bundle.encoder(x, views=VIEWS.index(other_view(view))).double().cpu().numpy() for view, x in images.items()}
 
 
 def describe_stratum(bundle: Bundle, latents: dict[str, torch.Tensor]) -> str:

@@ -133,25 +133,32 @@ class InputCheck:
         ``as_other_view`` {view: the latent of that input encoded as the other view}, for an
         encoder that is told each image's view (else the input's own latent stands for it)."""
         report = CheckReport()
+        own, other = {}, {}  # each input's atypicality as the view it was given as, and as the other view
         for view, latent in latents.items():
-            this = volume_words(view, names)
-            own = float(self.gaussians[view].atypicality(latent)[0])
-            other_name = other_view(view)
+            own[view] = float(self.gaussians[view].atypicality(latent)[0])
             other_latent = latent if as_other_view is None else as_other_view[view]
-            other = float(self.gaussians[other_name].atypicality(other_latent)[0])
-            percentile = percentile_in(self.atypicality[view], own)
+            other[view] = float(self.gaussians[other_view(view)].atypicality(other_latent)[0])
+        # Given the other way round, every input must be typical of its new view, and (for a pair)
+        # the pair as a whole more typical than as given: a view-aware encoder makes an image look
+        # somewhat like whichever view it is told, so one clean T2w can score lower as a T1w, while
+        # the pair as a whole stays more typical as given.
+        plausible = all(other[v] <= self.atypicality_threshold[other_view(v)] for v in latents)
+        swapped = plausible and sum(np.log(other[v] / own[v]) for v in latents) < 0
+        for view in latents:
+            this, other_name = volume_words(view, names), other_view(view)
+            percentile = percentile_in(self.atypicality[view], own[view])
             report.figures.append(
-                f"{view}: atypicality {own:.2f} (above {percentile:.0f}% of the validation {view}s; "
+                f"{view}: atypicality {own[view]:.2f} (above {percentile:.0f}% of the validation {view}s; "
                 f"warning past {self.atypicality_threshold[view]:.2f})"
             )
-            if other < own and other <= self.atypicality_threshold[other_name]:
+            if swapped:
                 report.warnings.append(
-                    f"{this} looks more like a {other_name} (atypicality {other:.2f} as a {other_name}, "
-                    f"{own:.2f} as a {view}); check that each volume was given as the right contrast"
+                    f"{this} looks more like a {other_name} (atypicality {other[view]:.2f} as a {other_name}, "
+                    f"{own[view]:.2f} as a {view}); check that each volume was given as the right contrast"
                 )
-            elif own > self.atypicality_threshold[view]:
+            elif own[view] > self.atypicality_threshold[view]:
                 report.warnings.append(
-                    f"{this} is unlike the model's training data (atypicality {own:.2f}, beyond every "
+                    f"{this} is unlike the model's training data (atypicality {own[view]:.2f}, beyond every "
                     f"validation {view} up to {self.atypicality_threshold[view]:.2f}); the outputs are not meaningful"
                 )
             low, high = self.volume_range_ml[view]

@@ -7,6 +7,7 @@ validation subjects, and the test subjects measure how often a clean pair is war
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..config import VIEW_NAMES, VIEWS
 from ..runtime.input_check import INPUT_CHECK, InputCheck, LatentGaussian, mask_volume_ml
@@ -33,15 +34,25 @@ def content_cosines(a: np.ndarray, b: np.ndarray, content_dim: int) -> np.ndarra
     return a @ b.T
 
 
-def encoded_views(bundle, pairs: list[Pair], cache_root, device) -> tuple[dict, dict]:
-    """{view: (N, latent_dim)} latents and {view: (N,)} brain-mask volumes (ml) of ``pairs``."""
+@torch.no_grad()
+def encoded_views(bundle, pairs: list[Pair], cache_root, device) -> tuple[dict, dict, dict | None]:
+    """{view: (N, latent_dim)} latents, {view: (N,)} brain-mask volumes (ml) of ``pairs`` and,
+    for an encoder told the view, {view: (N, latent_dim)} latents of each image encoded as the
+    other view (as the analysis asks for them; else None)."""
+    from ..runtime.inference import as_other_view_latents
     from .evaluation import encode
 
     encoded, images = encode(bundle.encoder, pairs, bundle.preprocessing, cache_root, device, with_images=True)
     spacing = bundle.preprocessing.spacing_mm
     latents = {view: getattr(encoded, key) for key, view in VIEW_NAMES.items()}
     volumes = {view: np.array([mask_volume_ml(i[f"mask_{key}"], spacing) for i in images]) for key, view in VIEW_NAMES.items()}
-    return latents, volumes
+    chunks = [
+        as_other_view_latents(bundle, {view: torch.stack([i[key] for i in images[start : start + 8]])[:, None].to(device)
+                                       for key, view in VIEW_NAMES.items()})
+        for start in range(0, len(images), 8)
+    ]
+    as_other = None if chunks[0] is None else {view: np.concatenate([c[view] for c in chunks]) for view in VIEWS}
+    return latents, volumes, as_other
 
 
 def calibrate(train_latents: dict, val_latents: dict, val_volumes: dict, content_dim: int) -> InputCheck:
@@ -65,12 +76,17 @@ def calibrate(train_latents: dict, val_latents: dict, val_volumes: dict, content
     )
 
 
-def warned_share(check: InputCheck, latents: dict, volumes: dict, content_dim: int) -> float:
+def warned_share(check: InputCheck, latents: dict, volumes: dict, as_other: dict | None, content_dim: int) -> float:
     """The share of subjects whose own pairs (``latents`` {view: (N, latent_dim)}, ``volumes``
-    {view: (N,)}) get a warning."""
+    {view: (N,)}, ``as_other`` as from ``encoded_views``) get a warning."""
     cosines = np.diag(content_cosines(*(latents[v] for v in VIEWS), content_dim))
     warned = [
-        not check.check({v: latents[v][i] for v in VIEWS}, {v: volumes[v][i] for v in VIEWS}, cosines[i]).passed
+        not check.check(
+            {v: latents[v][i] for v in VIEWS},
+            {v: volumes[v][i] for v in VIEWS},
+            cosines[i],
+            as_other_view=None if as_other is None else {v: as_other[v][i] for v in VIEWS},
+        ).passed
         for i in range(len(cosines))
     ]
     return float(np.mean(warned))
@@ -78,11 +94,11 @@ def warned_share(check: InputCheck, latents: dict, volumes: dict, content_dim: i
 
 def calibrate_cohort_check(train_latents: dict, val: tuple[dict, dict], test: tuple[dict, dict], content_dim: int, folders) -> dict:
     """Write the bundle's input_check.json into each of ``folders`` from a run's splits (training
-    latents; validation and test (latents, volumes) from ``encoded_views``); return the
+    latents; validation and test (latents, volumes, as_other) from ``encoded_views``); return the
     ``input_check`` section of metrics.json (thresholds and the clean test pairs warned about)."""
     from ..runtime.storage import atomic_write_json
 
-    check = calibrate(train_latents, *val, content_dim)
+    check = calibrate(train_latents, val[0], val[1], content_dim)
     for folder in folders:
         atomic_write_json(folder / INPUT_CHECK, check.to_dict())
     return {

@@ -69,6 +69,23 @@ def test_swapped_contrasts_are_named(check):
     assert any("the T2w looks more like a T1w" in w for w in report.warnings)
 
 
+def test_a_pair_is_called_swapped_only_when_both_views_look_like_the_other(check):
+    """With an encoder told each image's view, one clean image can score a little better as the
+    other view; the pair is called swapped only when it is more typical given the other way round."""
+
+    def at(view: str, level: float) -> np.ndarray:  # a latent of that view's atypicality ``level``
+        gaussian = check.gaussians[view]
+        return gaussian.center + level * np.sqrt((len(gaussian.variances) + 1) * gaussian.variances[0]) * gaussian.axes[0]
+
+    assert min(check.atypicality_threshold.values()) > 1.2
+    given = {"T1w": at("T1w", 1.0), "T2w": at("T2w", 1.0)}
+    volumes = {"T1w": 1700.0, "T2w": 1700.0}
+    one_looks_other = check.check(given, volumes, None, as_other_view={"T1w": at("T2w", 1.2), "T2w": at("T1w", 0.9)})
+    assert not any("looks more like" in w for w in one_looks_other.warnings), one_looks_other.warnings
+    both_look_other = check.check(given, volumes, None, as_other_view={"T1w": at("T2w", 0.8), "T2w": at("T1w", 0.9)})
+    assert sum("looks more like" in w for w in both_look_other.warnings) == 2
+
+
 def test_two_different_people_are_told_apart(check):
     rng = np.random.default_rng(4)
     warned = []

@@ -44,16 +44,17 @@ def misaligned(cohort64):
     return fixed, moved(moving, truth), truth, points
 
 
-# Within one voxel of the maps' 4 mm grid through the content maps; within 2 mm by mutual
-# information on the 2 mm scans (the figures per magnitude are benchmarks/registration.py's).
-TOLERANCE_MM = {CONTENT_MAPS: 4.0, MUTUAL_INFORMATION: 2.0}
+# Through the content maps: rigid within 2 mm (the benchmark's success); with affine freedom
+# within 4 mm, since the maps' disagreements pass for a scale of about 1.03. Within 2 mm by
+# mutual information on the 2 mm scans (the figures per magnitude are benchmarks/registration.py's).
+TOLERANCE_MM = {(CONTENT_MAPS, "rigid"): 2.0, (CONTENT_MAPS, "affine"): 4.0, (MUTUAL_INFORMATION, "affine"): 2.0}
 
 
-@pytest.mark.parametrize("method", [CONTENT_MAPS, MUTUAL_INFORMATION])
-def test_recovers_a_known_misalignment(spatial_bundle, misaligned, method):
+@pytest.mark.parametrize("method, kind", list(TOLERANCE_MM))
+def test_recovers_a_known_misalignment(spatial_bundle, misaligned, method, kind):
     fixed, moving, truth, points = misaligned
-    found = register_views(spatial_bundle, fixed, moving, method)
-    assert error_mm(found.matrix, truth, points) <= TOLERANCE_MM[method]
+    found = register_views(spatial_bundle, fixed, moving, method, kind=kind)
+    assert error_mm(found.matrix, truth, points) <= TOLERANCE_MM[method, kind]
     assert 0 <= found.residual < 0.7
 
 
@@ -85,7 +86,7 @@ def test_the_command_writes_the_aligned_scan_and_a_transform_itk_reads(misaligne
     assert summary["method"] == CONTENT_MAPS
     from MultiviewCRLLib.runtime.alignment import ras_matrix
 
-    assert error_mm(ras_matrix(transform), truth, points) <= TOLERANCE_MM[CONTENT_MAPS]
+    assert error_mm(ras_matrix(transform), truth, points) <= TOLERANCE_MM[CONTENT_MAPS, "affine"]
     aligned = nib.load(out / "aligned.nii.gz")
     assert aligned.shape == fixed[0].shape and np.allclose(aligned.affine, fixed[1])
     # The aligned T2w's brain lies where the T1w's does.
@@ -107,7 +108,7 @@ def test_the_slicer_action_places_the_t2w_under_a_transform(spatial_bundle, misa
     transform.GetMatrixTransformToParent(matrix)
     to_parent = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
     # The node carries T2w points onto T1w points: the inverse of the fixed-to-moving truth.
-    assert error_mm(np.linalg.inv(to_parent), truth, points) <= TOLERANCE_MM[CONTENT_MAPS]
+    assert error_mm(np.linalg.inv(to_parent), truth, points) <= TOLERANCE_MM[CONTENT_MAPS, "rigid"]
 
     nodes = scene.GetNumberOfNodes()
     noise = np.abs(np.random.default_rng(0).normal(0, 300, moving[0].shape)).astype(np.float32)
