@@ -114,7 +114,8 @@ def prepare_pair(
     first view is registered to the template brain (mutual information, the metric kept to the
     brain and a margin around it; a coarse rotation search, then rigid, similarity and affine fits) and gets the template's
     brain mask through the affine fit; the second is registered rigidly to the first and shares
-    its mask (refused, naming it, when the two then share almost no information inside the brain). Both are resampled onto the template grid through the rigid part of the fit and
+    its mask (refused, naming it, when the two then share almost no information inside the
+    brain). Both are resampled onto the template grid through the rigid part of the fit and
     masked there. A fit that scales the brain implausibly, or after which the scan hardly
     correlates with the template, raises :class:`AlignmentError` naming the volume (``names``:
     {view: its name})."""

@@ -92,7 +92,7 @@ def warned_share(check: InputCheck, latents: dict, volumes: dict, as_other: dict
     return float(np.mean(warned))
 
 
-def calibrate_cohort_check(train_latents: dict, val: tuple[dict, dict], test: tuple[dict, dict], content_dim: int, folders) -> dict:
+def calibrate_cohort_check(train_latents: dict, val: tuple, test: tuple, content_dim: int, folders) -> dict:
     """Write the bundle's input_check.json into each of ``folders`` from a run's splits (training
     latents; validation and test (latents, volumes, as_other) from ``encoded_views``); return the
     ``input_check`` section of metrics.json (thresholds and the clean test pairs warned about)."""
