@@ -18,7 +18,8 @@ ground-truth mask's. (Mutual information on the raw heads themselves, tried firs
 in 95-210 s: the slab covers only part of the head.)
 
 Writes ``registration.tsv`` (one row per registration), ``registration.png`` (success against
-magnitude) and prints the table per scans, method, kind and magnitude, and the equivariance
+magnitude), ``registration_example.png`` (the first subject's T1w with its T2w's outline,
+misaligned by the largest magnitude and registered back by each method) and prints the table per scans, method, kind and magnitude, and the equivariance
 table: the correlation between the map of a rotated image, rotated back, and the map of the
 image, per angle, beside what rotating the map itself and back keeps.
 """
@@ -38,12 +39,23 @@ from MultiviewCRLLib.runtime.alignment import AlignmentError, from_ras_matrix, f
 from MultiviewCRLLib.runtime.bundle import load_bundle
 from MultiviewCRLLib.runtime.preparation import prepare_pair
 from MultiviewCRLLib.runtime.preprocessing import preprocess_array
-from MultiviewCRLLib.runtime.registration import CONTENT_MAPS, MUTUAL_INFORMATION, register_views, require_content_maps
+from MultiviewCRLLib.runtime.registration import (
+    CONTENT_MAPS,
+    MUTUAL_INFORMATION,
+    apply_registration,
+    register_views,
+    require_content_maps,
+)
 from MultiviewCRLLib.training.discovery import discover_bids
 from MultiviewCRLLib.training.raw_scans import BRAIN_MASK
 
 SUCCESS_MM = 2.0
-RIGID_MAPS = "content maps, rigid only"
+# Each method with rigid-then-affine fits; the content maps also with the rigid fit alone.
+VARIANTS = {
+    CONTENT_MAPS: (CONTENT_MAPS, "affine"),
+    "content maps, rigid only": (CONTENT_MAPS, "rigid"),
+    MUTUAL_INFORMATION: (MUTUAL_INFORMATION, "affine"),
+}
 T2W = VIEWS.index("T2w")
 PAD_VOXELS = 16  # room around the moved brain, so no part of it leaves the scan's field of view
 
@@ -149,6 +161,35 @@ def equivariance(bundle, scans: list, angles: list[float], rng: np.random.Genera
     return {angle: tuple(np.mean(values, axis=0)) for angle, values in out.items()}
 
 
+def example_figure(bundle, fixed: tuple, moving: tuple, magnitude: float, rng, out_png: Path) -> None:
+    """What a reader of the images sees: an axial slice of the T1w with the outline of its T2w
+    (its brighter 30%) misaligned by a rigid transform of ``magnitude``, and once registered back
+    by each method, each titled with its error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = np.argwhere(fixed[0] > bundle.preprocessing.mask_threshold) @ fixed[1][:3, :3].T + fixed[1][:3, 3]
+    truth = misalignment(rng, magnitude, "rigid", points.mean(0))
+    shifted = moved(moving, truth)
+    on_fixed = from_sitk(resample(to_sitk(*shifted), to_sitk(*fixed), from_ras_matrix(np.eye(4))))[0]
+    panels = {f"misaligned ({magnitude:g} degrees, {magnitude:g} mm)": on_fixed}
+    for name, (method, kind) in VARIANTS.items():
+        found = register_views(bundle, fixed, shifted, method, kind=kind)
+        panels[f"{name}: {error_mm(found.matrix, truth, points):.2f} mm"] = apply_registration(found, fixed, shifted)[0]
+    k = fixed[0].shape[2] // 2
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 4.0))
+    for ax, (title, image) in zip(axes, panels.items()):
+        ax.imshow(fixed[0][:, :, k].T, cmap="gray", origin="lower")
+        ax.contour(image[:, :, k].T, levels=[np.percentile(image[image > 0], 70)], colors="r", linewidths=0.6, origin="lower")
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+
+
 def plot(rows: list[dict], out_png: Path) -> None:
     import matplotlib
 
@@ -235,9 +276,6 @@ def main() -> None:
             return found.matrix, found.seconds
         return run
 
-    # Each method with the issue's rigid-then-affine fit; the content maps also with the rigid fit alone.
-    variants = {name: (method, kind) for name, method, kind in (
-        (CONTENT_MAPS, CONTENT_MAPS, "affine"), (RIGID_MAPS, CONTENT_MAPS, "rigid"), (MUTUAL_INFORMATION, MUTUAL_INFORMATION, "affine"))}
 
     pairs = [p for p in discover_bids(args.cohort).kept if p.split == "test"][: args.subjects]
     clean = []
@@ -245,7 +283,7 @@ def main() -> None:
         fixed = load(pair.t1)
         brain = np.argwhere(fixed[0] > bundle.preprocessing.mask_threshold)
         clean.append((pair.subject, fixed, load(pair.t2), brain @ fixed[1][:3, :3].T + fixed[1][:3, 3]))
-    methods = {name: registered(*variant) for name, variant in variants.items()}
+    methods = {name: registered(*variant) for name, variant in VARIANTS.items()}
     rows = registrations(bundle, clean, ("rigid", "affine"), args.magnitudes, methods, rng, "clean")
     if args.raw:
         raw = []
@@ -255,13 +293,16 @@ def main() -> None:
             brain = np.argwhere(truth[0] > 0.5)
             raw.append((pair.subject, fixed, load(pair.t2), brain @ truth[1][:3, :3].T + truth[1][:3, 3]))
         through = ThroughPreparation(bundle)
-        methods = {name: through.method(*variant) for name, variant in variants.items()}
+        methods = {name: through.method(*variant) for name, variant in VARIANTS.items()}
         rows += registrations(bundle, raw, ("rigid",), args.magnitudes, methods, rng, "raw-looking")
     with open(args.out / "registration.tsv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
         writer.writeheader()
         writer.writerows(rows)
     plot(rows, args.out / "registration.png")
+    # Its own generator: the same picture whatever else was run.
+    example = np.random.default_rng(args.seed)
+    example_figure(bundle, clean[0][1], clean[0][2], max(args.magnitudes), example, args.out / "registration_example.png")
     for label in dict.fromkeys(r["scans"] for r in rows):
         print_table(rows, label)
     scans = [moving for _, _, moving, _ in clean]
@@ -269,7 +310,7 @@ def main() -> None:
           "rotated back / the map itself rotated and back (the interpolation's own loss)")
     for angle, (value, interpolation) in equivariance(bundle, scans, args.angles, rng).items():
         print(f"  {angle:5g} degrees: {value:.3f} / {interpolation:.3f}")
-    print(f"wrote {args.out / 'registration.tsv'} and {args.out / 'registration.png'}")
+    print(f"wrote registration.tsv, registration.png and registration_example.png into {args.out}")
 
 
 if __name__ == "__main__":
