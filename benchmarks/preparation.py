@@ -29,14 +29,9 @@ from MultiviewCRLLib.config import VIEWS
 from MultiviewCRLLib.runtime.bundle import load_bundle
 from MultiviewCRLLib.runtime.inference import analyse_pair
 from MultiviewCRLLib.runtime.alignment import from_ras_matrix, from_sitk, resample, to_sitk
-from MultiviewCRLLib.training.discovery import discover_bids
+from MultiviewCRLLib.training.discovery import discover_bids, read_volume
 from MultiviewCRLLib.training.evaluation import psnr_ssim
 from MultiviewCRLLib.training.raw_scans import BRAIN_MASK, read_poses
-
-
-def volume(path: Path):
-    image = nib.load(path)
-    return np.asarray(image.dataobj, dtype=np.float32), image.affine
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -88,7 +83,7 @@ def main() -> None:
     rows, contents = [], {kind: [] for kind in OUTLINE_KINDS}
     prepared_figures, clean_figures = [], []
     for pair in discover_bids(args.raw).kept:
-        raw = {view: volume(path) for view, path in zip(VIEWS, (pair.t1, pair.t2))}
+        raw = {view: read_volume(path) for view, path in zip(VIEWS, (pair.t1, pair.t2))}
         start = time.perf_counter()
         analysis = analyse_pair(bundle, *raw.values(), prepare=True)
         row = {"subject": pair.subject, "seconds": time.perf_counter() - start}
@@ -101,7 +96,7 @@ def main() -> None:
         rows.append(row)
         prepared_figures.append(figures(analysis, bundle.content_dim))
         # The same subject's clean scans: as given, prepared, and the preparation's two changes apart.
-        source = {view: volume(path) for view, path in zip(VIEWS, (clean[pair.subject].t1, clean[pair.subject].t2))}
+        source = {view: read_volume(path) for view, path in zip(VIEWS, (clean[pair.subject].t1, clean[pair.subject].t2))}
         clean_figures.append(figures(analyse_pair(bundle, *source.values(), prepare=False), bundle.content_dim))
         prepared_clean = analyse_pair(bundle, *source.values(), prepare=True)
         # The clean scans need no alignment, so where their preparation puts them is the floor of

@@ -14,8 +14,8 @@ the true transform put the T1w's brain voxels; a registration succeeds within 2 
 With ``--raw`` (raw-looking scans from ``MultiviewCRLLib.training.raw_scans``: skull, pose, a thick
 tilted T2w slab), their T2w is moved by rigid transforms too and registered to their T1w by both
 methods after preparing each scan on its own (``ThroughPreparation``); the brain voxels are the
-ground-truth mask's. (Mutual information on the raw heads themselves, tried first, ended 10 mm off
-in 95-210 s: the slab covers only part of the head.)
+ground-truth mask's. (Mutual information on the raw heads themselves, tried first in
+development, ended far off and slowly: the slab covers only part of the head.)
 
 Writes ``registration.tsv`` (one row per registration), ``registration.png`` (success against
 magnitude), ``registration_example.png`` (the first subject's T1w with its T2w's outline,
@@ -29,7 +29,6 @@ import csv
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 import torch
@@ -46,7 +45,7 @@ from MultiviewCRLLib.runtime.registration import (
     register_views,
     require_content_maps,
 )
-from MultiviewCRLLib.training.discovery import discover_bids
+from MultiviewCRLLib.training.discovery import discover_bids, read_volume
 from MultiviewCRLLib.training.raw_scans import BRAIN_MASK
 
 SUCCESS_MM = 2.0
@@ -100,14 +99,14 @@ class ThroughPreparation:
     pair share its preparation (kept for the last pair), and both are timed with it."""
 
     def __init__(self, bundle):
-        self.bundle, self.last = bundle, (None, None, None)
+        self.bundle, self.last = bundle, None  # (fixed, moving, their preparations, seconds)
 
     def prepared(self, fixed: tuple, moving: tuple) -> tuple[dict, float]:
-        if self.last[0] != (id(fixed), id(moving)):
+        if self.last is None or self.last[0] is not fixed or self.last[1] is not moving:
             started = time.perf_counter()
             prepared = {view: prepare_pair({view: scan}, self.bundle.template) for view, scan in zip(VIEWS, (fixed, moving))}
-            self.last = ((id(fixed), id(moving)), prepared, time.perf_counter() - started)
-        return self.last[1], self.last[2]
+            self.last = (fixed, moving, prepared, time.perf_counter() - started)
+        return self.last[2], self.last[3]
 
     def method(self, method: str, kind: str):
         def run(fixed: tuple, moving: tuple) -> tuple[np.ndarray, float]:
@@ -125,9 +124,9 @@ def error_mm(found: np.ndarray, truth: np.ndarray, points: np.ndarray) -> float:
     return float(np.linalg.norm(a - b, axis=1).mean())
 
 
-def load(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    image = nib.load(path)
-    return np.asarray(image.dataobj, dtype=np.float32), image.affine
+def brain_points(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The (N, 3) world (RAS mm) positions of a mask's voxels."""
+    return np.argwhere(mask) @ affine[:3, :3].T + affine[:3, 3]
 
 
 @torch.no_grad()
@@ -170,7 +169,7 @@ def example_figure(bundle, fixed: tuple, moving: tuple, magnitude: float, rng, o
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = np.argwhere(fixed[0] > bundle.preprocessing.mask_threshold) @ fixed[1][:3, :3].T + fixed[1][:3, 3]
+    points = brain_points(fixed[0] > bundle.preprocessing.mask_threshold, fixed[1])
     truth = misalignment(rng, magnitude, "rigid", points.mean(0))
     shifted = moved(moving, truth)
     on_fixed = from_sitk(resample(to_sitk(*shifted), to_sitk(*fixed), from_ras_matrix(np.eye(4))))[0]
@@ -274,24 +273,23 @@ def main() -> None:
         def run(fixed, moving):
             found = register_views(bundle, fixed, moving, method, kind=kind)
             return found.matrix, found.seconds
-        return run
 
+        return run
 
     pairs = [p for p in discover_bids(args.cohort).kept if p.split == "test"][: args.subjects]
     clean = []
     for pair in pairs:
-        fixed = load(pair.t1)
-        brain = np.argwhere(fixed[0] > bundle.preprocessing.mask_threshold)
-        clean.append((pair.subject, fixed, load(pair.t2), brain @ fixed[1][:3, :3].T + fixed[1][:3, 3]))
+        fixed = read_volume(pair.t1)
+        points = brain_points(fixed[0] > bundle.preprocessing.mask_threshold, fixed[1])
+        clean.append((pair.subject, fixed, read_volume(pair.t2), points))
     methods = {name: registered(*variant) for name, variant in VARIANTS.items()}
     rows = registrations(bundle, clean, ("rigid", "affine"), args.magnitudes, methods, rng, "clean")
     if args.raw:
         raw = []
         for pair in discover_bids(args.raw).kept[: args.subjects]:
-            fixed = load(pair.t1)
-            truth = load(args.raw / BRAIN_MASK / pair.subject / "anat" / f"{pair.subject}_space-T1w_mask.nii.gz")
-            brain = np.argwhere(truth[0] > 0.5)
-            raw.append((pair.subject, fixed, load(pair.t2), brain @ truth[1][:3, :3].T + truth[1][:3, 3]))
+            fixed = read_volume(pair.t1)
+            truth = read_volume(args.raw / BRAIN_MASK / pair.subject / "anat" / f"{pair.subject}_space-T1w_mask.nii.gz")
+            raw.append((pair.subject, fixed, read_volume(pair.t2), brain_points(truth[0] > 0.5, truth[1])))
         through = ThroughPreparation(bundle)
         methods = {name: through.method(*variant) for name, variant in VARIANTS.items()}
         rows += registrations(bundle, raw, ("rigid",), args.magnitudes, methods, rng, "raw-looking")

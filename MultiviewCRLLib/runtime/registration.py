@@ -20,7 +20,9 @@ import SimpleITK as sitk
 import torch
 
 from .alignment import MUTUAL_INFORMATION, AlignmentError, brain_correlation, from_sitk, ras_matrix, register, resample, to_sitk
+from ..config import VIEWS
 from .bundle import Bundle
+from .inference import encode_views
 from .preprocessing import preprocess_array
 from .storage import atomic_save_nifti, nifti_image, staged_folder
 
@@ -28,6 +30,7 @@ ALIGNED, TRANSFORM, SUMMARY = "aligned.nii.gz", "transform.tfm", "registration.j
 
 CONTENT_MAPS, MAP_METRIC = "content maps", "mean squares"
 METHODS = {CONTENT_MAPS: MAP_METRIC, MUTUAL_INFORMATION: MUTUAL_INFORMATION}
+KINDS = ("affine", "rigid")  # rigid then affine from it, or the rigid fit alone
 # Two aligned maps of one subject correlate far above this inside the fixed brain; a
 # registration that ends below it has diverged, and its transform is not applied.
 MIN_MAP_CORRELATION = 0.3
@@ -81,12 +84,9 @@ def registration_images(
     affines = [image.affine.numpy() for image, _ in prepared]
     masks = [mask[0] for _, mask in prepared]
     device = next(bundle.encoder.parameters()).device
-    maps = [
-        bundle.encoder(image.as_tensor()[None].to(device), with_content=True, views=view)[1][0].float().cpu()
-        for view, (image, _) in enumerate(prepared)
-    ]
+    _, maps = encode_views(bundle, {view: image.as_tensor()[None].to(device) for view, (image, _) in zip(VIEWS, prepared)})
     axis = map_projection(bundle)
-    images = [torch.einsum("k...,k->...", m, axis) for m in maps]
+    images = [torch.einsum("k...,k->...", maps[view][0].float().cpu(), axis) for view in VIEWS]
     floor = min(image[mask > 0.5].min() for image, mask in zip(images, masks))
     images = [torch.where(mask > 0.5, image - floor + 1.0, 0.0).numpy() for image, mask in zip(images, masks)]
     fixed_mask = sitk.Cast(to_sitk(masks[0].numpy(), affines[0]), sitk.sitkUInt8)
@@ -110,6 +110,8 @@ def register_views(
     Raises ValueError for a bundle without content maps and AlignmentError, naming the volumes and
     the residual, when the content maps do not agree once aligned (the registration diverged).
     """
+    if kind not in KINDS:
+        raise ValueError(f"a registration is one of {', '.join(KINDS)}, not {kind!r}")
     if method == CONTENT_MAPS:
         require_content_maps(bundle)
     start = time.perf_counter()

@@ -79,39 +79,43 @@ class DiscoveryReport:
             raise DiscoveryError(f"--strict: {len(self.rejected)} subjects rejected.\n{self.summary()}")
 
 
-def volume_problem(path: Path) -> str | None:
-    """Why a file cannot serve as a 3D volume, or None when it can."""
+def _checked(path: Path) -> tuple[nib.Nifti1Image | None, np.ndarray | None, str | None]:
+    """A volume file read once: (image, data, None), or (None, None, why it cannot serve as a 3D volume)."""
     path = Path(path)
     if not path.is_file():
-        return "file not found"
+        return None, None, "file not found"
     try:
         img = nib.load(path)
         shape = img.shape
         if len(shape) == 4 and shape[3] == 1:
             shape = shape[:3]
         if len(shape) == 4:
-            return f"4D image with {shape[3]} volumes (one volume expected)"
+            return None, None, f"4D image with {shape[3]} volumes (one volume expected)"
         if len(shape) != 3 or min(shape) < 2:
-            return f"not a 3D image (shape {tuple(img.shape)})"
+            return None, None, f"not a 3D image (shape {tuple(img.shape)})"
         data = np.asanyarray(img.dataobj)
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as err:
-        return f"unreadable ({type(err).__name__}: {err})"
+        return None, None, f"unreadable ({type(err).__name__}: {err})"
     finite = np.isfinite(data)
     if not finite.all():
-        return f"non-finite voxels ({int((~finite).sum())} NaN/Inf)"
+        return None, None, f"non-finite voxels ({int((~finite).sum())} NaN/Inf)"
     if not np.any(data):
-        return "empty volume (all voxels are zero)"
-    return None
+        return None, None, "empty volume (all voxels are zero)"
+    return img, data, None
+
+
+def volume_problem(path: Path) -> str | None:
+    """Why a file cannot serve as a 3D volume, or None when it can."""
+    return _checked(path)[2]
 
 
 def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A 3D volume file as an [i, j, k] float32 array and its RAS affine; ValueError naming the
     file and the problem when it cannot serve as one."""
-    problem = volume_problem(path)
+    image, data, problem = _checked(path)
     if problem:
         raise ValueError(f"{path}: {problem}")
-    image = nib.load(path)
-    return np.asarray(image.dataobj, dtype=np.float32).reshape(image.shape[:3]), image.affine
+    return np.asarray(data, dtype=np.float32).reshape(image.shape[:3]), image.affine
 
 
 def _validated(candidates: list[Pair], rejected: list[Rejection], source: str) -> DiscoveryReport:

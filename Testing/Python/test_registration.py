@@ -22,7 +22,7 @@ from MultiviewCRLLib.training.discovery import read_volume
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from registration import error_mm, misalignment, moved  # noqa: E402  (the benchmark's own misalignment)
+from registration import brain_points, error_mm, misalignment, moved  # noqa: E402  (the benchmark's own misalignment)
 
 SPATIAL_MODEL = ROOT / "Resources" / "Models" / "demo"
 
@@ -39,7 +39,7 @@ def misaligned(cohort64):
     """A test subject's T1w, its T2w moved by a known rigid transform (10 degrees, 10 mm), the
     truth and the T1w's brain points."""
     fixed, moving = (read_volume(volume_path(cohort64, "sub-0003", view)) for view in ("T1w", "T2w"))
-    points = np.argwhere(fixed[0] > 50) @ fixed[1][:3, :3].T + fixed[1][:3, 3]
+    points = brain_points(fixed[0] > 50, fixed[1])
     truth = misalignment(np.random.default_rng(1), 10.0, "rigid", points.mean(0))
     return fixed, moved(moving, truth), truth, points
 
