@@ -27,7 +27,8 @@ from MultiviewCRLLib.config import PRESETS, VIEWS
 from MultiviewCRLLib.runtime.inference import analyse_pair
 from MultiviewCRLLib.runtime.networks import build_networks
 from MultiviewCRLLib.training.raw_scans import write_raw_cohort
-from MultiviewCRLLib.training.synthetic import generate_cohort, mni_brain_template
+from MultiviewCRLLib.training.atlas import mni_brain_template
+from MultiviewCRLLib.training.synthetic import generate_cohort
 
 TARGET_S = {"demo": 3.0, "seed": 15.0, "spatial-demo": 3.0, "spatial-seed": 15.0}
 BUNDLED_FAMILY = "spatial-demo"  # the preset of the bundled demo model, which the prepared raw pair is analysed with

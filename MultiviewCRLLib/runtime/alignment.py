@@ -72,7 +72,7 @@ def from_ras_matrix(matrix: np.ndarray) -> sitk.AffineTransform:
     return transform
 
 
-KINDS = {"rigid": sitk.Euler3DTransform, "similarity": sitk.Similarity3DTransform, "affine": lambda: sitk.AffineTransform(3)}
+TRANSFORM_TYPES = {"rigid": sitk.Euler3DTransform, "similarity": sitk.Similarity3DTransform, "affine": lambda: sitk.AffineTransform(3)}
 MUTUAL_INFORMATION = "mutual information"
 METRICS = {
     MUTUAL_INFORMATION: lambda method: method.SetMetricAsMattesMutualInformation(HISTOGRAM_BINS),
@@ -139,7 +139,7 @@ def fit(
     metric: str = MUTUAL_INFORMATION,
 ) -> tuple[sitk.Transform, float]:
     """One registration from ``initial``: the transform and the metric where it ended."""
-    transform = KINDS[kind]()
+    transform = TRANSFORM_TYPES[kind]()
     transform.SetCenter(initial.GetCenter())
     transform.SetMatrix(initial.GetMatrix())
     transform.SetTranslation(initial.GetTranslation())

@@ -11,7 +11,7 @@
 - the content cosines of the validation subjects' own pairs and of pairs of two different
   validation subjects, and the cosine below which a pair does not look like one person.
 
-The statistics are gathered in training (``MultiviewCRLLib.training.input_check``).
+The statistics are gathered in training (``MultiviewCRLLib.training.calibration``).
 """
 
 from __future__ import annotations

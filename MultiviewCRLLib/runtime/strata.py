@@ -2,7 +2,7 @@
 
 ``strata.json`` holds, per stratum, the exemplar's embedding and a profile (for each label column
 that differs between strata, the percentile of the stratum's median within the cohort): no
-images. The strata themselves are found in training (``MultiviewCRLLib.training.strata``).
+images. The strata themselves are found in training (``MultiviewCRLLib.training.stratification``).
 """
 
 from __future__ import annotations

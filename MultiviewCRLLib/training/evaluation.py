@@ -9,7 +9,6 @@ and every probe on validation, score on test.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from itertools import product
 
 import numpy as np
@@ -31,21 +30,12 @@ from ..config import (
 )
 from ..runtime.bundle import Bundle
 from ..runtime.inference import cross_view_name, decode_views, encode_views
-from .data import paired_dataset, plain_collate
 from .discovery import Pair
+from .encoding import Encoded, encode_cohort
 
 KERNEL_RIDGE_GRID = {"alpha": [1.0, 0.1, 0.01, 0.001], "gamma": np.logspace(-2, 2, 4).tolist()}
 # z-scoring the intensities removes a global gain, so it cannot be recovered from any image.
 STYLE_FACTORS_REMOVED_BY_PREPROCESSING = ("gain",)
-
-
-@dataclass
-class Encoded:
-    """Latents of both views, (N, latent_dim) each, for the subjects in ``pairs`` (same order)."""
-
-    pairs: list[Pair]
-    t1: np.ndarray
-    t2: np.ndarray
 
 
 def metric(value: float, definition: str, split: str = "test") -> dict:
@@ -160,23 +150,6 @@ def psnr_ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> t
     cut = window // 2
     inner = mask[cut:-cut, cut:-cut, cut:-cut]
     return psnr, ssim_map[0, 0][inner].mean().item()
-
-
-@torch.no_grad()
-def encode(encoder, pairs: list[Pair], preprocessing, cache_root, device, with_images: bool = False):
-    """Latents (and, optionally, the preprocessed volumes and masks) of both views of each pair."""
-    encoder.eval()
-    dataset = paired_dataset(pairs, preprocessing, cache_root)
-    latents = {key: [] for key in VIEW_KEYS}
-    images = []
-    for start in range(0, len(dataset), 8):
-        batch = plain_collate([dataset[i] for i in range(start, min(start + 8, len(dataset)))])
-        for key in VIEW_KEYS:
-            latents[key].append(encoder(batch[key].to(device), views=VIEW_KEYS.index(key)).float().cpu())
-        if with_images:
-            images += [{k: batch[k][i, 0] for k in ("t1", "t2", "mask_t1", "mask_t2")} for i in range(len(batch["t1"]))]
-    out = Encoded(pairs, *(torch.cat(latents[k]).numpy() for k in VIEW_KEYS))
-    return (out, images) if with_images else out
 
 
 IMAGE_KINDS = {
@@ -314,7 +287,7 @@ def map_summary(content_map: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
 def content_map_metrics(val: tuple[list, list], test: tuple[list, list]) -> dict:
     """Agreement of a subject's two content maps and whether a map gives its view away.
 
-    ``val``, ``test``: (images, maps) as from ``encode(..., with_images=True)`` and ``content_maps``.
+    ``val``, ``test``: (images, maps) as from ``encode_cohort(..., with_images=True)`` and ``content_maps``.
     """
     images, maps = test
     correlations = []
@@ -344,7 +317,7 @@ def content_map_metrics(val: tuple[list, list], test: tuple[list, list]) -> dict
 # --- the whole evaluation ------------------------------------------------------------------------
 def factor_groups(pairs: list[Pair]) -> dict[str, list[str]] | None:
     """Known generating factors in the labels (the synthetic cohort's), grouped; None for real cohorts."""
-    from .synthetic import factor_names
+    from .factors import factor_names
 
     content, style = factor_names()
     if not pairs or not all(name in pairs[0].labels for name in content):
@@ -472,8 +445,8 @@ def evaluate(bundle: Bundle, val_pairs: list[Pair], test_pairs: list[Pair], cach
     prep = bundle.preprocessing
     bundle.encoder.to(device)
     bundle.decoder.to(device).eval()
-    val, val_images = encode(bundle.encoder, val_pairs, prep, cache_root, device, with_images=True)
-    test, images = encode(bundle.encoder, test_pairs, prep, cache_root, device, with_images=True)
+    val, val_images = encode_cohort(bundle.encoder, val_pairs, prep, cache_root, device, with_images=True)
+    test, images = encode_cohort(bundle.encoder, test_pairs, prep, cache_root, device, with_images=True)
     metrics = {"trained": representation_metrics(val, test, bundle.content_dim, seed, "trained")}
     if bundle.model.family == "spatial":
         maps = (content_maps(bundle, val_images, device), content_maps(bundle, images, device))
@@ -485,8 +458,8 @@ def evaluate(bundle: Bundle, val_pairs: list[Pair], test_pairs: list[Pair], cach
     torch.manual_seed(seed)
     untrained = build_networks(bundle.model, prep.spatial_size)[0].to(device)  # in eval mode, as initialised
     metrics["untrained_baseline"] = representation_metrics(
-        encode(untrained, val_pairs, prep, cache_root, device),
-        encode(untrained, test_pairs, prep, cache_root, device),
+        encode_cohort(untrained, val_pairs, prep, cache_root, device),
+        encode_cohort(untrained, test_pairs, prep, cache_root, device),
         bundle.content_dim,
         seed,
         "untrained",

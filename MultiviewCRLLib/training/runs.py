@@ -18,7 +18,8 @@ from .data import SPLIT_NAMES, assign_splits, read_splits, write_splits
 from .discovery import DiscoveryReport, discover
 from ..runtime.storage import atomic_write_json, probe_writable
 from .prepared_cohort import GIVEN_INPUTS, PREPARED_INPUTS, prepare_cohort
-from .synthetic import generate_cohort, mni_brain_template
+from .atlas import mni_brain_template
+from .synthetic import generate_cohort
 from .report import headline_table, input_check_summary, strata_summary
 from .trainer import Trainer, latest_checkpoint, write_bundle
 
@@ -273,8 +274,8 @@ def evaluate_run(
     from ..runtime.bundle import load_bundle
     from .evaluation import evaluate
     from .report import write_report
-    from .input_check import calibrate_cohort_check, encoded_views
-    from .strata import cohort_latents, stratify_cohort
+    from .calibration import calibrate_cohort_check, encoded_views
+    from .stratification import cohort_latents, stratify_cohort
     from .trainer import read_training_csv
 
     run_dir = Path(run_dir)
@@ -312,7 +313,7 @@ def stratify_bundle(bundle_dir: Path, cohort: Path, cache_root: Path, device="cp
     already has are never replaced. Returns the bundle's metrics with the new ``strata`` section."""
     from ..runtime.bundle import load_bundle
     from ..runtime.strata import STRATA
-    from .strata import cohort_latents, stratify_cohort
+    from .stratification import cohort_latents, stratify_cohort
 
     bundle_dir = Path(bundle_dir)
     if (bundle_dir / STRATA).exists():
@@ -333,8 +334,8 @@ def calibrate_bundle(bundle_dir: Path, cohort: Path, cache_root: Path, device="c
     never replaced. Returns the bundle's metrics with the new ``input_check`` section."""
     from ..runtime.bundle import load_bundle
     from ..runtime.input_check import INPUT_CHECK
-    from .input_check import calibrate_cohort_check, encoded_views
-    from .strata import cohort_latents
+    from .calibration import calibrate_cohort_check, encoded_views
+    from .stratification import cohort_latents
 
     bundle_dir = Path(bundle_dir)
     if (bundle_dir / INPUT_CHECK).exists():

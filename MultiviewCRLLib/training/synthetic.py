@@ -23,19 +23,27 @@ import math
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
-from scipy.stats import qmc
 
 from tqdm import tqdm
 
 from ..config import VIEWS
 from ..runtime.storage import nifti_image, probe_writable, staged_folder
+from .atlas import TissueAtlas, load_tissue_atlas
 from .data import split_subjects
+from .factors import (
+    BIAS_LENGTH_MM,
+    CONTENT_RANGES,
+    DEFORM_AMPLITUDE_MM,
+    LESION_VOLUME_ML,
+    draw_design,
+    factor_names,
+    participants_sidecar,
+)
 
 # BrainWeb 1.5 T tissue parameters (Kwan et al., IEEE TMI 1999): T1 ms, T2 ms, PD.
 # The lesion row is a chronic white-matter lesion: longer T1 and T2 than white matter, so it is
@@ -47,43 +55,8 @@ TISSUES = {
     "lesion": (1100.0, 160.0, 0.85),
 }
 
-# Factor ranges: (low, high) of a uniform draw. Documented in participants.json too.
-CONTENT_RANGES = {
-    "brain_scale": (0.92, 1.08),  # isotropic scale about the brain centre
-    "ventricle_enlargement": (0.0, 0.45),  # radial expansion around the lateral ventricles
-    "deform_1": (-1.0, 1.0),  # smooth bending modes, amplitude DEFORM_AMPLITUDE_MM each
-    "deform_2": (-1.0, 1.0),
-    "deform_3": (-1.0, 1.0),
-    "lesion_load": (0.0, 1.0),  # total lesion volume LESION_VOLUME_ML[0] .. [1]
-    # Position of the lesion cluster: quantiles of the deep white matter along x, y and z.
-    "lesion_site_x": (0.0, 1.0),
-    "lesion_site_y": (0.0, 1.0),
-    "lesion_site_z": (0.0, 1.0),
-}
-STYLE_RANGES = {
-    "T1w": {
-        "tr_ms": (400.0, 700.0),
-        "te_ms": (8.0, 20.0),
-    },
-    "T2w": {
-        "tr_ms": (3000.0, 6000.0),
-        "te_ms": (80.0, 120.0),
-    },
-}
-COMMON_STYLE_RANGES = {
-    # Gradient of the log bias field per BIAS_LENGTH_MM along x, y, z: its norm is the strength,
-    # its direction the direction of the field.
-    "bias_x": (-0.3, 0.3),
-    "bias_y": (-0.3, 0.3),
-    "bias_z": (-0.3, 0.3),
-    "noise_level": (0.005, 0.04),  # Rician sigma relative to REFERENCE_INTENSITY
-    "gain": (0.8, 1.25),  # global scanner gain
-}
-DEFORM_AMPLITUDE_MM = 6.0
-LESION_VOLUME_ML = (0.5, 20.0)
 LESION_BLOBS = 4
 LESION_CLUSTER_RADIUS_MM = 12.0
-BIAS_LENGTH_MM = 80.0
 REFERENCE_INTENSITY = 3000.0
 DSEG_LABELS = {0: "background", 1: "CSF", 2: "GM", 3: "WM", 4: "lesion"}
 # Each view without noise (same sequence, bias field and gain): what synthesis is scored against.
@@ -97,98 +70,9 @@ def noise_free_reference(image: Path) -> Path | None:
     return reference if reference.is_file() else None
 
 
-@dataclass(frozen=True)
-class Template:
-    """Tissue probability maps on the 1 mm template grid, shape (3, X, Y, Z): GM, WM, CSF."""
-
-    maps: np.ndarray
-    affine: np.ndarray
-    brain_center_mm: np.ndarray
-    ventricle_center_mm: np.ndarray
-    deep_wm_mm: np.ndarray  # (N, 3) deep white-matter positions
-
-
-def load_template() -> Template:
-    """Load the MNI152 2009a maps bundled with nilearn (no network access)."""
-    from nilearn.datasets import load_mni152_brain_mask, load_mni152_gm_template, load_mni152_wm_template
-
-    gm_img = load_mni152_gm_template(resolution=1)
-    affine = gm_img.affine.copy()
-    gm = np.asarray(gm_img.dataobj, dtype=np.float32)
-    wm = np.asarray(load_mni152_wm_template(resolution=1).dataobj, dtype=np.float32)
-    brain = np.asarray(load_mni152_brain_mask(resolution=1).dataobj, dtype=np.float32)
-    gm *= brain
-    wm *= brain
-    csf = np.clip(brain - gm - wm, 0.0, 1.0)
-    maps = np.stack([gm, wm, csf])
-
-    def to_mm(ijk: np.ndarray) -> np.ndarray:
-        return ijk @ affine[:3, :3].T + affine[:3, 3]
-
-    brain_center = to_mm(np.argwhere(brain > 0.5).mean(0))
-    ijk = np.argwhere(csf > 0.8)
-    mm = to_mm(ijk)
-    # Lateral ventricles: the CSF in the central box of MNI space (cortical CSF lies outside it).
-    central = (np.abs(mm[:, 0]) < 25) & (mm[:, 1] > -45) & (mm[:, 1] < 25) & (mm[:, 2] > 0) & (mm[:, 2] < 35)
-    ventricle_center = mm[central].mean(0)
-    deep = np.argwhere(ndimage.binary_erosion(wm > 0.95, iterations=3))
-    return Template(maps, affine, brain_center, ventricle_center, to_mm(deep))
-
-
-def mni_brain_template():
-    """The skull-stripped MNI152 T1w brain at 2 mm and its mask (nilearn): the space the synthetic
-    cohort is built in (and the report's registered inputs), which a bundle carries so that raw
-    scans can be prepared against it."""
-    from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
-
-    from ..runtime.preparation import Template
-
-    image = load_mni152_template(resolution=2)
-    mask = load_mni152_brain_mask(resolution=2)
-    return Template(np.asarray(image.dataobj, dtype=np.float32), np.asarray(mask.dataobj) > 0, image.affine)
-
-
 def tissue_signal(tr_ms: float, te_ms: float) -> dict[str, float]:
     """Spin-echo signal of each tissue for one protocol."""
     return {name: pd * (1.0 - math.exp(-tr_ms / t1)) * math.exp(-te_ms / t2) for name, (t1, t2, pd) in TISSUES.items()}
-
-
-def factor_names() -> tuple[list[str], dict[str, list[str]]]:
-    """Content factor names and, per view, the style factor names (with the view prefix)."""
-    content = ["brain_scale", "ventricle_enlargement", "deform_1", "deform_2", "deform_3", "lesion_load"]
-    content += ["lesion_x", "lesion_y", "lesion_z"]
-    style_keys = ["tr_ms", "te_ms", "bias_x", "bias_y", "bias_z", "noise_level", "gain"]
-    style = {view: [f"{view.lower()}_{key}" for key in style_keys] for view in VIEWS}
-    return content, style
-
-
-# Words for a stratum whose median factor lies above or below the cohort's (the Slicer panel's).
-FACTOR_PHRASES = {
-    "brain_scale": ("larger brains", "smaller brains"),
-    "ventricle_enlargement": ("larger ventricles", "smaller ventricles"),
-    "lesion_load": ("more lesion load", "less lesion load"),
-    **{f"deform_{k}": (f"more of shape mode {k}", f"less of shape mode {k}") for k in (1, 2, 3)},
-    "lesion_x": ("lesions further right", "lesions further left"),
-    "lesion_y": ("lesions further anterior", "lesions further posterior"),
-    "lesion_z": ("lesions higher", "lesions lower"),
-}
-
-
-def draw_design(n_subjects: int, seed: int) -> list[dict[str, float]]:
-    """Draw every subject's design variables in [low, high] as a Latin hypercube.
-
-    Each factor is uniform on its range and drawn independently of every other factor; the
-    discrepancy-optimised hypercube keeps chance correlations between factors small even for a few
-    dozen subjects (max |r| about 0.15 at 64 subjects, where i.i.d. draws give about 0.4).
-    """
-    ranges = dict(CONTENT_RANGES)
-    for view in VIEWS:
-        ranges.update({f"{view.lower()}_{k}": v for k, v in {**STYLE_RANGES[view], **COMMON_STYLE_RANGES}.items()})
-    unit = qmc.LatinHypercube(d=len(ranges), optimization="random-cd", seed=seed).random(n_subjects)
-    lows = np.array([r[0] for r in ranges.values()])
-    highs = np.array([r[1] for r in ranges.values()])
-    values = lows + unit * (highs - lows)
-    return [dict(zip(ranges, row.tolist())) for row in values]
 
 
 def _bounding_box(x: np.ndarray, center: np.ndarray, half_width: np.ndarray) -> tuple[slice, ...] | None:
@@ -213,7 +97,7 @@ class SubjectGenerator:
     maps are sampled there (trilinear).
     """
 
-    def __init__(self, template: Template, spacing_mm: float):
+    def __init__(self, template: TissueAtlas, spacing_mm: float):
         self.template = template
         extent = np.array(template.maps.shape[1:]) * np.abs(np.diag(template.affine)[:3])
         self.shape = tuple(int(math.ceil(e / spacing_mm)) for e in extent)
@@ -343,7 +227,7 @@ _WORKER: SubjectGenerator | None = None
 
 def _init_worker(spacing_mm: float) -> None:
     global _WORKER
-    _WORKER = SubjectGenerator(load_template(), spacing_mm)
+    _WORKER = SubjectGenerator(load_tissue_atlas(), spacing_mm)
 
 
 def _generate_subject(job: tuple[int, int, str, dict[str, float], str]) -> dict[str, float]:
@@ -373,27 +257,6 @@ def _generate_subject(job: tuple[int, int, str, dict[str, float], str]) -> dict[
 
 def _save(volume: np.ndarray, affine: np.ndarray, path: Path) -> None:
     nib.save(nifti_image(volume, affine), path)
-
-
-def _participants_sidecar() -> dict:
-    content, style = factor_names()
-    doc = {"participant_id": {"Description": "subject label"}}
-    doc["split"] = {"Description": "subject-level split (train/val/test), seeded"}
-    for name in content:
-        doc[name] = {"Description": "content factor (shared by both views)"}
-        if name in CONTENT_RANGES:
-            doc[name]["Range"] = list(CONTENT_RANGES[name])
-    for name in ("lesion_x", "lesion_y", "lesion_z"):
-        doc[name]["Description"] += "; centre of the lesion cluster, template RAS mm"
-    for view in VIEWS:
-        for name in style[view]:
-            key = name[len(view) + 1 :]
-            doc[name] = {"Description": f"style factor of the {view} view"}
-            rng = {**STYLE_RANGES[view], **COMMON_STYLE_RANGES}.get(key)
-            doc[name]["Range"] = list(rng)
-            if key.startswith("bias_"):
-                doc[name]["Description"] += f"; gradient of the log bias field per {BIAS_LENGTH_MM:g} mm"
-    return doc
 
 
 def generate_cohort(
@@ -429,7 +292,7 @@ def generate_cohort(
         for subject, row in zip(subjects, rows):
             lines.append("\t".join([subject, splits[subject], *(f"{row[c]:.6g}" for c in columns)]))
         (staging / "participants.tsv").write_text("\n".join(lines) + "\n")
-        (staging / "participants.json").write_text(json.dumps(_participants_sidecar(), indent=2) + "\n")
+        (staging / "participants.json").write_text(json.dumps(participants_sidecar(), indent=2) + "\n")
         description = {
             "Name": "MultiviewCRL synthetic paired T1w/T2w cohort",
             "BIDSVersion": "1.9.0",

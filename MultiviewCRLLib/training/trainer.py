@@ -30,16 +30,17 @@ from torch.utils.data import Sampler
 from tqdm import tqdm
 
 from ..runtime.bundle import save_bundle
-from .synthetic import mni_brain_template
+from .atlas import mni_brain_template
 from ..config import ModelConfig, PreprocessingConfig, TrainConfig
 from ..config import VIEW_KEYS, VIEW_NAMES
 from .data import paired_dataset, plain_collate
 from .discovery import Pair
-from .distributed import cross_rank_batchnorm, gather_rows, rank, world_size
-from .evaluation import encode
-from .losses import BaurLoss, ContentInfoNCE, DenseInfoNCE, retrieval_top1
+from .distributed import cross_rank_batchnorm, rank, world_size
+from .encoding import encode_cohort
+from .losses import DenseInfoNCE, retrieval_top1
+from .objectives import GlobalObjective, SpatialObjective
 from ..runtime.device import select_device
-from ..runtime.networks import build_networks, flip_second_half
+from ..runtime.networks import build_networks
 from ..runtime.preprocessing import file_transforms, to_nifti
 from ..runtime.storage import atomic_save_nifti, atomic_torch_save, atomic_write_bytes
 
@@ -152,6 +153,41 @@ def plot_curves(rows: list[dict[str, float]], out_png: Path, batch_size: int) ->
     return Path(out_png)
 
 
+@torch.no_grad()
+def write_decoded_images(folder: Path, encoder, decoder, model: ModelConfig, images: dict, step: int) -> None:
+    """The fixed subject's inputs and their decodings at ``step``, on the model grid (they overlay in RAS).
+
+    ``images``: {"t1", "t2"}: MetaTensors (1, X, Y, Z) with their affines."""
+    device = next(encoder.parameters()).device
+    encoder.eval()
+    decoder.eval()
+    for key in VIEW_KEYS:
+        x = convert_to_tensor(images[key], track_meta=False)[None].to(device)
+        z, content = encoder(x, with_content=True, views=VIEW_KEYS.index(key))
+        decoded = decoder.decode(content, model.style(z))[0].float().cpu()
+        if not (folder / f"{key}_input.nii.gz").exists():
+            atomic_save_nifti(to_nifti(images[key]), folder / f"{key}_input.nii.gz")
+        decoded_image = images[key].clone().copy_(decoded)  # keeps the input's affine
+        atomic_save_nifti(to_nifti(decoded_image), folder / f"step_{step:06d}_{key}_decoded.nii.gz")
+    encoder.train()
+    decoder.train()
+
+
+@contextlib.contextmanager
+def signals_request_stop(request_stop):
+    """While inside, SIGTERM and SIGINT call ``request_stop(signum)`` instead of stopping the process
+    (only the main thread can take signals; elsewhere this does nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda signum, frame: request_stop(signum)) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class Trainer:
     """One training run in ``run_dir`` on ``train_pairs``; ``image_pair`` is decoded for the logs."""
 
@@ -186,12 +222,12 @@ class Trainer:
         encoder, decoder = build_networks(model, preprocessing.spatial_size)
         self.encoder = encoder.to(self.device, memory_format=self.memory_format)
         self.decoder = decoder.to(self.device, memory_format=self.memory_format)
-        self.spatial = model.family == "spatial"
         # Spatial family: the dense loss's projection head trains with the networks (not bundled).
         self.dense = nn.ModuleDict()
-        if self.spatial:
+        if model.family == "spatial":
             self.dense["head"] = DenseInfoNCE(model.map_channels, train.dense_locations, train.dense_tau)
         self.dense.to(self.device)
+        dense_head = self.dense["head"] if "head" in self.dense else None
         self.parameters = [p for m in (self.encoder, self.decoder, self.dense) for p in m.parameters()]
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -200,13 +236,15 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.encoder = DistributedDataParallel(self.encoder, device_ids=ids)
             self.decoder = DistributedDataParallel(self.decoder, device_ids=ids)
-            if self.spatial:
-                self.dense = DistributedDataParallel(self.dense, device_ids=ids)
+            if dense_head is not None:
+                dense_head = DistributedDataParallel(dense_head, device_ids=ids)
         self.optimizer = torch.optim.Adam(self.parameters, lr=train.lr)
         # A GradScaler is only needed for float16; disabled it is a pass-through.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.amp_dtype == torch.float16)
-        self.contrastive = ContentInfoNCE(model.content_dim, train.tau)
-        self.reconstruction = BaurLoss()
+        if dense_head is None:
+            self.objective = GlobalObjective(model, train)
+        else:
+            self.objective = SpatialObjective(model, train, dense_head)
         self.step = 0
         self.window: list[dict[str, float]] = []
         self.nonfinite_steps = 0
@@ -276,70 +314,22 @@ class Trainer:
         self.step = int(state["step"])
         self.window = [dict(zip(METRIC_KEYS, row.tolist())) for row in state["window"]]
 
-    # --- logging -------------------------------------------------------------------------------
+    def request_stop(self, signum: int) -> None:
+        """Finish the current step, write a checkpoint and stop (SIGTERM, SIGINT)."""
+        self.stop_signal = signum
+
     def write_images(self, images: dict) -> None:
-        """The fixed subject's inputs and their decodings, on the model grid (they overlay in RAS)."""
         encoder, decoder, _ = self.modules()
-        encoder.eval()
-        decoder.eval()
-        with torch.no_grad():
-            for key in VIEW_KEYS:
-                x = convert_to_tensor(images[key], track_meta=False)[None].to(self.device)
-                z, content = encoder(x, with_content=True, views=VIEW_KEYS.index(key))
-                decoded = decoder.decode(content, self.model_config.style(z))[0].float().cpu()
-                folder = self.run_dir / "images"
-                if not (folder / f"{key}_input.nii.gz").exists():
-                    atomic_save_nifti(to_nifti(images[key]), folder / f"{key}_input.nii.gz")
-                decoded_image = images[key].clone().copy_(decoded)  # keeps the input's affine
-                atomic_save_nifti(to_nifti(decoded_image), folder / f"step_{self.step:06d}_{key}_decoded.nii.gz")
-        encoder.train()
-        decoder.train()
+        write_decoded_images(self.run_dir / "images", encoder, decoder, self.model_config, images, self.step)
 
     # --- the loop ------------------------------------------------------------------------------
     def train_step(self, batch: dict) -> dict[str, float]:
         x = torch.cat([batch["t1"], batch["t2"]]).to(self.device, memory_format=self.memory_format)  # (2B, 1, X, Y, Z)
         # A step with a non-finite loss is skipped whole, BatchNorm running statistics included.
         buffers = {name: b.clone() for name, b in self.modules()[0].named_buffers()}
-        views = torch.arange(len(VIEW_KEYS), device=self.device).repeat_interleave(len(batch["t1"]))
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-            if self.spatial:
-                flips = self.second_view_flips()
-                z, content = self.encoder(
-                    flip_second_half(x, flips), with_content=True, views=views, second_half_flips=flips
-                )
-            else:
-                z, content = self.encoder(x, with_content=True)
-            # Negatives from every rank: the contrastive loss sees the union batch.
-            z1, z2 = (gather_rows(half) for half in z.chunk(2))
-            contrastive = self.contrastive(z1, z2)
-            if self.spatial:
-                # Self- and cross-view reconstruction: each view's map decoded with its own style and
-                # with the other view's must give that view; the self term gets the decoder going,
-                # the cross term makes the map hold what both views share and the style the rest.
-                warmup = self.config.warmup_steps
-                if self.step < warmup:
-                    # The maps start as one tissue code for both views and stay so while the decoder
-                    # learns to draw each style from it. Trained from the first step, while no style
-                    # yet drew a T2w, they made every brain voxel one channel within 25 steps and
-                    # stayed flat (Adam's steps are as large for a weak gradient, so only a stop helps).
-                    content = content.detach()
-                ramp = min(1.0, max(0.0, self.step / warmup - 1)) if warmup else 1.0
-                maps, style = content.chunk(2), self.model_config.style(z)
-                swapped = torch.cat(style.chunk(2)[::-1])
-                own, cross = self.decoder(torch.cat([*maps, *maps]), torch.cat([style, swapped])).chunk(2)
-                # The cross term is on from the first step: learnt after the self term, each view's
-                # map had already settled on a code of its own intensities that no style could translate.
-                reconstruction = (self.reconstruction(own, x) + self.reconstruction(cross, torch.cat(x.chunk(2)[::-1]))) / 2
-                mask = batch["mask_t1"].to(self.device) * batch["mask_t2"].to(self.device)
-                dense = self.config.dense_weight * self.dense["head"](*maps, mask)
-                # The maps' L1 disagreement summed over voxels, like the reconstruction and on its
-                # scale, so that per voxel it weighs as much as a wrong intensity does.
-                disagreement = (maps[0] - maps[1]).abs().flatten(1).sum(1).mean()
-                agreement = self.config.scale_recon_loss * self.config.map_agreement_weight * disagreement
-                dense = ramp * (dense + agreement)
-            else:
-                reconstruction = self.reconstruction(self.decoder(z), x)  # this rank's mean; DDP averages the gradients
-                dense = torch.zeros((), device=self.device)
+            terms = self.objective(self.encoder, self.decoder, x, batch, self.step)
+        contrastive, reconstruction, dense = terms.contrastive, terms.reconstruction, terms.dense
         total = contrastive + self.config.scale_recon_loss * reconstruction + dense
         self.optimizer.zero_grad(set_to_none=True)
         finite = not self.all_ranks_max(float(not torch.isfinite(total)))
@@ -360,32 +350,8 @@ class Trainer:
             "contrastive": contrastive.item(),
             "reconstruction": union_reconstruction,
             "dense": union_dense,
-            "top1_retrieval": retrieval_top1(z1, z2, self.model_config.content_dim),
+            "top1_retrieval": retrieval_top1(terms.z1, terms.z2, self.model_config.content_dim),
         }
-
-    @staticmethod
-    def second_view_flips() -> tuple[int, ...]:
-        """Random axes along which the second view is flipped before encoding and its map flipped
-        back (spatial family). A map that encoded position rather than anatomy (zero padding makes
-        that possible) would then disagree between the views, so the dense loss cannot be met that way."""
-        return tuple(axis for axis in (2, 3, 4) if torch.rand(()) < 0.5)
-
-    @contextlib.contextmanager
-    def checkpoint_on_signals(self):
-        """SIGTERM and SIGINT finish the current step, write a checkpoint and stop the run."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def request_stop(signum, frame):
-            self.stop_signal = signum
-
-        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
     def run(self, resume_from: Path | None = None) -> TrainedModel:
         cfg = self.config
@@ -421,7 +387,7 @@ class Trainer:
 
     def _loop(self, bar, rows: list, csv_path: Path, writer, images: dict, start: float) -> None:
         cfg = self.config
-        with self.checkpoint_on_signals():
+        with signals_request_stop(self.request_stop):
             for batch in bar:
                 metrics = self.train_step(batch)
                 self.step += 1
@@ -482,7 +448,7 @@ def write_bundle(
 ) -> Path:
     """A bundle whose cohort style means and content embeddings come from the training subjects,
     with the MNI152 brain its inputs are registered to (the synthetic cohort's space)."""
-    encoded = encode(trained.encoder, cohort_pairs, preprocessing, cache_root, device)
+    encoded = encode_cohort(trained.encoder, cohort_pairs, preprocessing, cache_root, device)
     latents = {key: torch.from_numpy(getattr(encoded, key)) for key in VIEW_KEYS}
     style_means = {VIEW_NAMES[key]: model.style(z).mean(0) for key, z in latents.items()}
     content = sum(model.content(z) for z in latents.values()) / len(latents)

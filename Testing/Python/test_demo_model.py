@@ -58,7 +58,7 @@ def test_analyses_a_pair_of_real_nodes(demo_bundle, cohort_1mm):
 
 
 def test_its_strata_follow_content_not_style():
-    from MultiviewCRLLib.training.synthetic import factor_names
+    from MultiviewCRLLib.training.factors import factor_names
 
     strata = json.loads((DEMO_MODEL / "metrics.json").read_text())["strata"]
     associated = {a["column"] for a in strata["associations"] if a["significant"]}

@@ -8,7 +8,7 @@ import pytest
 
 from MultiviewCRLLib.runtime.bundle import BundleError, export_bundle, load_bundle
 from MultiviewCRLLib.runtime.input_check import INPUT_CHECK, InputCheck, LatentGaussian
-from MultiviewCRLLib.training.input_check import calibrate
+from MultiviewCRLLib.training.calibration import calibrate
 
 CONTENT, STYLE = 8, 8
 

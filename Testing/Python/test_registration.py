@@ -3,7 +3,6 @@ mutual-information baseline, the command that writes the result, the Slicer acti
 and the refusals: a bundle without content maps, a registration that diverges."""
 
 import json
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -19,10 +18,9 @@ from MultiviewCRLLib.runtime.bundle import load_bundle
 from MultiviewCRLLib.runtime.registration import CONTENT_MAPS, MUTUAL_INFORMATION, register_views
 from MultiviewCRLLib.slicer_nodes import align_nodes, read_volume_node
 from MultiviewCRLLib.training.discovery import read_volume
+from MultiviewCRLLib.training.misalignment import brain_points, error_mm, misalignment, moved
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from registration import brain_points, error_mm, misalignment, moved  # noqa: E402  (the benchmark's own misalignment)
 
 SPATIAL_MODEL = ROOT / "Resources" / "Models" / "demo"
 

@@ -14,7 +14,11 @@ from MultiviewCRLLib.dependencies import REQUIREMENTS_FILE, missing_requirements
 ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "MultiviewCRLLib"
 # What the Slicer module's run path may reach: the runtime part, the shared modules, the node layer.
-SLICER_PART = [*sorted((LIBRARY / "runtime").glob("*.py")), *(LIBRARY / n for n in ("config.py", "dependencies.py", "slicer_nodes.py"))]
+SLICER_PART = [
+    *sorted((LIBRARY / "runtime").glob("*.py")),
+    *sorted((LIBRARY / "config").glob("*.py")),
+    *(LIBRARY / n for n in ("dependencies.py", "slicer_nodes.py")),
+]
 TRAINING_EXTRAS = ("tqdm", "sklearn", "matplotlib", "tensorboard", "nilearn", "pandas")
 ALLOWED_TOP_LEVEL = {"torch", "monai", "nibabel", "numpy", "scipy", "SimpleITK", "slicer", "vtk", "packaging", "MultiviewCRLLib"}
 

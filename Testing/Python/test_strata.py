@@ -12,7 +12,7 @@ from MultiviewCRLLib.runtime.bundle import export_bundle, load_bundle
 from MultiviewCRLLib.runtime.inference import analyse_pair
 from MultiviewCRLLib.runtime.strata import Strata, stratum_embedding
 from MultiviewCRLLib.training.discovery import Pair
-from MultiviewCRLLib.training.strata import MIN_SUBJECTS, StrataNotice, stratify
+from MultiviewCRLLib.training.stratification import MIN_SUBJECTS, StrataNotice, stratify
 
 
 def planted_cohort(n_per_group: int = 20, groups: int = 3, seed: int = 0):

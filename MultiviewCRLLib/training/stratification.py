@@ -212,9 +212,9 @@ def stratify(
 
 def cohort_latents(bundle, pairs: list[Pair], cache_root, device) -> dict[str, np.ndarray]:
     """{view: (N, latent_dim)} latents of ``pairs``."""
-    from .evaluation import encode
+    from .encoding import encode_cohort
 
-    encoded = encode(bundle.encoder, pairs, bundle.preprocessing, cache_root, device)
+    encoded = encode_cohort(bundle.encoder, pairs, bundle.preprocessing, cache_root, device)
     return {view: getattr(encoded, key) for key, view in VIEW_NAMES.items()}
 
 
@@ -282,7 +282,7 @@ def stratify_cohort(bundle, pairs: list[Pair], latents: dict, folders, kind: str
     strata.json in each of ``folders``. A cohort that cannot be stratified gets a notice instead."""
     from ..runtime.storage import atomic_write_json
     from ..runtime.strata import STRATA, stratum_embedding
-    from .synthetic import FACTOR_PHRASES
+    from .factors import FACTOR_PHRASES
 
     try:
         result = stratify(stratum_embedding(latents, bundle.content_dim, kind), pairs, kind, FACTOR_PHRASES, seed)

@@ -40,9 +40,9 @@ def encoded_views(bundle, pairs: list[Pair], cache_root, device) -> tuple[dict, 
     for an encoder told the view, {view: (N, latent_dim)} latents of each image encoded as the
     other view (as the analysis asks for them; else None)."""
     from ..runtime.inference import as_other_view_latents
-    from .evaluation import encode
+    from .encoding import encode_cohort
 
-    encoded, images = encode(bundle.encoder, pairs, bundle.preprocessing, cache_root, device, with_images=True)
+    encoded, images = encode_cohort(bundle.encoder, pairs, bundle.preprocessing, cache_root, device, with_images=True)
     spacing = bundle.preprocessing.spacing_mm
     latents = {view: getattr(encoded, key) for key, view in VIEW_NAMES.items()}
     volumes = {view: np.array([mask_volume_ml(i[f"mask_{key}"], spacing) for i in images]) for key, view in VIEW_NAMES.items()}
