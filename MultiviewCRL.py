@@ -11,6 +11,7 @@ from typing import Annotated
 
 import qt
 import slicer
+import vtk
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -24,12 +25,6 @@ from slicer.util import VTKObservationMixin
 MODULE_DIR = Path(__file__).resolve().parent
 DEMO_MODEL = MODULE_DIR / "Resources" / "Models" / "demo"
 TEST_DATA = MODULE_DIR / "Resources" / "TestData"
-# What the user can do about each library error, in this panel's terms.
-REMEDIES = {
-    "NodeError": "Select another volume under Inputs.",
-    "BundleError": "Choose another model folder under Model (Load model folder…).",
-    "DeviceError": "Choose 'cpu' or 'auto' under Device.",
-}
 
 
 class MultiviewCRL(ScriptedLoadableModule):
@@ -73,6 +68,7 @@ class MultiviewCRLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._runner = None
+        self._busy = False
         self._previousLayout = None
 
     def setup(self):
@@ -88,22 +84,27 @@ class MultiviewCRLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.alignButton.connect("clicked(bool)", self.onAlign)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.loadModelButton.connect("clicked(bool)", self.onLoadModel)
+        self.ui.modelCardButton.connect("clicked(bool)", self.onOpenModelCard)
         self.ui.restoreLayoutButton.connect("clicked(bool)", self.onRestoreLayout)
         self.setBusy(False)
         self.initializeParameterNode()
 
     def cleanup(self):
+        self.cancelRun()
         self.removeObservers()
 
     def enter(self):
         self.initializeParameterNode()
 
     def exit(self):
+        self.cancelRun()  # leaving the module ends its run, as closing the scene does
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
 
     def onSceneStartClose(self, caller, event):
+        self.cancelRun()  # its inputs are leaving the scene
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -116,9 +117,23 @@ class MultiviewCRLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self.updateButtons()
+
+    def updateButtons(self, caller=None, event=None):
+        """Apply with a model and at least one input, Align with a model and both, neither during a
+        run; the model card's button when the bundle has one."""
+        from MultiviewCRLLib.runtime.control import can_align, can_apply, model_card
+
+        p = self._parameterNode
+        choices = (p.inputT1, p.inputT2, p.modelFolder) if p else (None, None, None)
+        self.ui.applyButton.setEnabled(not self._busy and can_apply(*choices))
+        self.ui.alignButton.setEnabled(not self._busy and can_align(*choices))
+        self.ui.modelCardButton.setEnabled(model_card(choices[2]) is not None)
 
     def onLoadModel(self):
         folder = qt.QFileDialog.getExistingDirectory(
@@ -126,6 +141,13 @@ class MultiviewCRLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
         if folder:
             self._parameterNode.modelFolder = Path(folder)
+
+    def onOpenModelCard(self):
+        from MultiviewCRLLib.runtime.control import model_card
+
+        card = model_card(self._parameterNode.modelFolder) if self._parameterNode else None
+        if card is not None:
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(card)))
 
     def ensureDependencies(self) -> bool:
         """Ask before installing what the run path imports: PyTorch through the PyTorch extension,
@@ -143,30 +165,30 @@ class MultiviewCRLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return False
 
     def setBusy(self, busy: bool):
-        self.ui.applyButton.setEnabled(not busy)
-        self.ui.alignButton.setEnabled(not busy)
+        self._busy = busy
         self.ui.cancelButton.setEnabled(busy)
         self.ui.progressBar.setVisible(busy)
         self.ui.progressBar.setRange(0, 0)
+        self.updateButtons()
 
     def runInBackground(self, status: str, work):
         """``work(runner)`` with the panel busy and Cancel live; its result, or None after a
         failure (shown with what to do about it) or a cancel."""
         if not self.ensureDependencies():
             return None
+        from MultiviewCRLLib.slicer_nodes import BackgroundRunner, Cancelled, remedy
+
         self.setBusy(True)
         self.ui.statusLabel.text = status
         try:
-            from MultiviewCRLLib.slicer_nodes import BackgroundRunner
-
             self._runner = BackgroundRunner(slicer.app.processEvents)
             return work(self._runner)
+        except Cancelled as err:
+            self.ui.statusLabel.text = str(err).capitalize() + "."
+            return None
         except Exception as err:  # a library error says what is wrong; the panel adds what to do
-            if type(err).__name__ == "Cancelled":
-                self.ui.statusLabel.text = str(err).capitalize() + "."
-                return None
             logging.exception("Multiview CRL failed")
-            message = f"{err}\n\n{REMEDIES.get(type(err).__name__, '')}".strip()
+            message = f"{err}\n\n{remedy(err)}".strip()
             self.ui.statusLabel.text = f"Failed: {err}"
             slicer.util.errorDisplay(f"Multiview CRL failed: {message}")
             return None
@@ -199,9 +221,15 @@ class MultiviewCRLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = self.logic.alignmentSummary(result)
 
     def onCancel(self):
-        if self._runner is not None:
-            self._runner.cancel()
-            self.ui.statusLabel.text = "Cancelling; the current step finishes first…"
+        if self.cancelRun():
+            self.ui.statusLabel.text = "Cancelling…"
+
+    def cancelRun(self) -> bool:
+        """Cancel the run in progress, if any (it stops within a step); whether there was one."""
+        if self._runner is None:
+            return False
+        self._runner.cancel()
+        return True
 
     def onRestoreLayout(self):
         if self._previousLayout is not None:
@@ -251,7 +279,10 @@ class MultiviewCRLLogic(ScriptedLoadableModuleLogic):
                     "PyTorch is needed: install the 'PyTorch' extension from the Extensions Manager and restart Slicer"
                 ) from err
             version = torch[0][len("torch") :]
-            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=version) is None:
+            installed = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=False, torchVersionRequirement=version
+            )
+            if installed is None:
                 return False
         if others:
             slicer.util.pip_install(" ".join(f'"{r}"' for r in others))
@@ -302,6 +333,8 @@ class MultiviewCRLTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_MultiviewCRL_pair()
+        self.setUp()
+        self.test_MultiviewCRL_cancel()
 
     def loadPair(self):
         try:
@@ -334,4 +367,20 @@ class MultiviewCRLTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(result["analysis"].content_cosine)
         self.assertIsNotNone(result["transform"])  # prepared: the outputs sit under the template-to-input transform
         self.assertEqual(result["chart"].GetNumberOfPlotSeriesNodes(), 2)
+        self.delayDisplay("Test passed")
+
+    def test_MultiviewCRL_cancel(self):
+        self.delayDisplay("Cancelling an analysis as soon as it starts")
+        t1, t2 = self.loadPair()
+        from MultiviewCRLLib.slicer_nodes import BackgroundRunner, Cancelled
+
+        def cancelAtOnce():  # the runner's first poll of the event loop
+            runner.cancel()
+            slicer.app.processEvents()
+
+        runner = BackgroundRunner(cancelAtOnce)
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(Cancelled):
+            MultiviewCRLLogic().process(t1, t2, DEMO_MODEL, "cpu", runner=runner)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)  # nothing added part-way
         self.delayDisplay("Test passed")

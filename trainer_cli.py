@@ -4,7 +4,8 @@
 With no arguments it runs the main job: builds the embedded synthetic cohort once, trains the
 CPU-sized ``demo`` preset, writes a model bundle and evaluates it. ``trainer_cli.py evaluate
 --run RUN_DIR`` evaluates a finished run again; ``trainer_cli.py export --run RUN_DIR --out FOLDER``
-copies its bundle (float16) for the Slicer module; ``trainer_cli.py stratify --bundle B --cohort
+copies its bundle (float16) for the Slicer module, with its model card (``trainer_cli.py card --bundle B``
+writes one for any bundle); ``trainer_cli.py stratify --bundle B --cohort
 DIR`` adds a cohort's strata to a bundle that has none, and ``trainer_cli.py calibrate --bundle B
 --cohort DIR`` its input check; ``trainer_cli.py register --fixed F --moving M --bundle B --out DIR``
 registers two contrasts of one subject through a spatial bundle's content maps. The technical report's command works as
@@ -101,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and batch order")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    run.add_argument(
+        "--no-evaluation",
+        dest="evaluate",
+        action="store_false",
+        help="write the bundle but skip its evaluation (run it later with: trainer_cli.py evaluate --run RUN_DIR)",
+    )
     return parser
 
 
@@ -160,6 +167,7 @@ def request_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         stratify=args.stratify,
         synthetic_subjects=args.synthetic_subjects,
         prepare=args.prepare,
+        evaluate=args.evaluate,
     )
 
 
@@ -236,6 +244,15 @@ def build_export_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_card_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trainer_cli.py card",
+        description="Write a bundle's model card (MODEL_CARD.md) from its settings.json and metrics.json.",
+    )
+    parser.add_argument("--bundle", type=Path, required=True, help="the bundle folder")
+    return parser
+
+
 def build_register_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trainer_cli.py register",
@@ -280,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     from MultiviewCRLLib.runtime.bundle import BundleError, export_bundle
     from MultiviewCRLLib.runtime.device import DeviceError, select_device
     from MultiviewCRLLib.training.discovery import DiscoveryError
+    from MultiviewCRLLib.training.model_card import write_model_card
     from MultiviewCRLLib.training.report import headline_table, input_check_summary, strata_summary
     from MultiviewCRLLib.training.runs import RunError, calibrate_bundle, evaluate_run, stratify_bundle, train_run
     from MultiviewCRLLib.training.trainer import TrainingStopped
@@ -305,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
             print(register_command(build_register_parser().parse_args(argv[1:])))
         elif argv[:1] == ["export"]:
             args = build_export_parser().parse_args(argv[1:])
-            print(f"wrote {export_bundle(args.run / 'bundle', args.out, half=not args.float32)}")
+            exported = export_bundle(args.run / "bundle", args.out, half=not args.float32)
+            print(f"wrote {exported} with its model card {write_model_card(exported)}")
+        elif argv[:1] == ["card"]:
+            args = build_card_parser().parse_args(argv[1:])
+            print(f"wrote {write_model_card(args.bundle)}")
         else:
             parser = build_parser()
             args = parser.parse_args(argv)

@@ -9,7 +9,6 @@ Slicer arrays are indexed [k, j, i]; the library's are [i, j, k] with a RAS affi
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,17 +16,42 @@ import numpy as np
 import slicer
 import slicer.util
 import vtk
-
 from monai.data import MetaTensor
 
 from .config import VIEWS, other_view
-from .runtime.bundle import Bundle, load_bundle
-from .runtime.device import select_device
+from .runtime.alignment import AlignmentError
+from .runtime.bundle import Bundle, BundleError, load_bundle
+from .runtime.control import Cancelled, CancelToken
+from .runtime.device import DeviceError, select_device
 from .runtime.inference import PairAnalysis, analyse_pair, cross_view_name
+from .runtime.preparation import BrainMaskError
 
 
 class NodeError(ValueError):
     """A node that cannot be analysed; the message names the node and the problem."""
+
+
+# What the user can do about each library error, in the module panel's terms; an error's remedy is
+# that of its nearest class here (:func:`remedy`). Cancelled is no failure and has none.
+REMEDIES = {
+    NodeError: "Select another volume under Inputs.",
+    BundleError: "Choose another model folder under Model (Load model folder…).",
+    DeviceError: "Choose 'cpu' or 'auto' under Device.",
+    BrainMaskError: (
+        "Select a brain MRI with background around the head under Inputs; for a raw scan (skull, scalp, "
+        "another pose) keep 'Prepare raw scans' on under Model."
+    ),
+    AlignmentError: (
+        "Select brain MRI of one subject under Inputs; for scans that are already skull-stripped and aligned "
+        "to the model's template, turn 'Prepare raw scans' off under Model."
+    ),
+}
+
+
+def remedy(error: BaseException) -> str:
+    """What to do about ``error`` in the panel: the remedy of the first class of its MRO that has
+    one, or "" for an error the library does not raise on purpose."""
+    return next((REMEDIES[kind] for kind in type(error).__mro__ if kind in REMEDIES), "")
 
 
 def ijk_to_ras(node) -> np.ndarray:
@@ -124,9 +148,10 @@ def add_result_nodes(analysis: PairAnalysis, input_names: dict[str, str], conten
 
     ``input_names``: {view: name of its input node}. Returns {"volumes": {label: node}, "table",
     "chart", "transform", "images", "errors", "content_maps"}; "transform": for a prepared pair, the
-    linear transform node that places the outputs (in the template's space) over the inputs, else None; "images", "errors" and "content_maps" hold the
-    same volume nodes by kind: the keys of ``analysis.errors`` ("T1w reconstruction", "T2w→T1w",
-    ...) and, for the spatial family, the views (each map shown as its strongest channel, 1..K).
+    linear transform node that places the outputs (in the template's space) over the inputs, else
+    None; "images", "errors" and "content_maps" hold the same volume nodes by kind: the keys of
+    ``analysis.errors`` ("T1w reconstruction", "T2w→T1w", ...) and, for the spatial family, the
+    views (each map shown as its strongest channel, 1..K).
     """
     scene = scene or slicer.mrmlScene
     base = " + ".join(input_names[v] for v in VIEWS if v in input_names)
@@ -152,7 +177,9 @@ def add_result_nodes(analysis: PairAnalysis, input_names: dict[str, str], conten
     volumes = {node.GetName(): node for group in by_kind.values() for node in group.values()}
     transform = None
     if analysis.to_input is not None:  # prepared: the outputs lie in the template's space
-        transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", scene.GenerateUniqueName(f"{base} template to input"))
+        transform = scene.AddNewNodeByClass(
+            "vtkMRMLLinearTransformNode", scene.GenerateUniqueName(f"{base} template to input")
+        )
         transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(analysis.to_input))
         for node in volumes.values():
             node.SetAndObserveTransformNodeID(transform.GetID())
@@ -161,33 +188,35 @@ def add_result_nodes(analysis: PairAnalysis, input_names: dict[str, str], conten
     return {"volumes": volumes, "table": table, "chart": chart, "transform": transform, **by_kind}
 
 
-class Cancelled(Exception):
-    """The user cancelled an analysis; nothing was added to the scene."""
-
-
-def run_inline(work: Callable):
-    """Run the analysis's torch work right here (scripts, tests)."""
-    return work()
+def run_inline(work: Callable[[CancelToken], object]):
+    """Run the analysis's torch work right here (scripts, tests), with a token never cancelled."""
+    return work(CancelToken())
 
 
 class BackgroundRunner:
     """Run the analysis's torch work on a worker thread while ``process_events`` keeps the caller's
-    event loop (Slicer's GUI) alive; ``cancel()`` makes the call raise :class:`Cancelled` once the
-    work returns, so nothing reaches the scene. MRML is only touched on the calling thread."""
+    event loop (Slicer's GUI) alive. ``work(token)`` checks the runner's token between its stages
+    and inside its registrations, so ``cancel()`` (from the event loop or any thread) ends it within
+    a step and the call raises :class:`Cancelled`: nothing reaches the scene. MRML is only touched
+    on the calling thread. One run per runner: a cancelled runner stays cancelled."""
 
     def __init__(self, process_events: Callable[[], None] = lambda: None, poll_seconds: float = 0.05):
         self.process_events, self.poll_seconds = process_events, poll_seconds
-        self.cancelled = False
+        self.token = CancelToken()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.token.cancelled
 
     def cancel(self) -> None:
-        self.cancelled = True
+        self.token.cancel()
 
-    def __call__(self, work: Callable):
+    def __call__(self, work: Callable[[CancelToken], object]):
         outcome = {}
 
         def target():
             try:
-                outcome["value"] = work()
+                outcome["value"] = work(self.token)
             except Exception as err:  # re-raised on the calling thread
                 outcome["error"] = err
 
@@ -196,8 +225,8 @@ class BackgroundRunner:
         while thread.is_alive():
             self.process_events()
             thread.join(self.poll_seconds)
-        if self.cancelled:
-            raise Cancelled("cancelled; nothing was added to the scene")
+        if self.cancelled:  # whatever the work ended with, the user asked for nothing
+            raise Cancelled("cancelled; nothing was added to the scene") from outcome.get("error")
         if "error" in outcome:
             raise outcome["error"]
         return outcome["value"]
@@ -224,9 +253,9 @@ def analyse_nodes(
 
     ``model``: a loaded bundle or a bundle folder (then loaded by the runner, on ``device``).
     ``prepare``: brain extraction and alignment, when the bundle carries a template.
-    ``runner(work)`` runs the torch work and returns its result: :func:`run_inline`, or a
-    :class:`BackgroundRunner`. Inputs are checked first and results are added only after the
-    whole analysis succeeded: a failure or a cancel leaves the scene as it was.
+    ``runner(work)`` runs the torch work, ``work(token)``, and returns its result: :func:`run_inline`,
+    or a :class:`BackgroundRunner` (whose ``cancel()`` stops it). Inputs are checked first and results
+    are added only after the whole analysis succeeded: a failure or a cancel leaves the scene as it was.
 
     Returns {"analysis": PairAnalysis, "bundle": Bundle, "volumes": {label: node}, "table", "chart",
     "images", "errors"} (see :func:`add_result_nodes`).
@@ -234,11 +263,13 @@ def analyse_nodes(
     arrays = read_inputs(t1_node, t2_node)
     names = {view: node.GetName() for view, node in zip(VIEWS, (t1_node, t2_node)) if node is not None}
 
-    def work() -> tuple[Bundle, PairAnalysis]:
+    def work(cancel: CancelToken) -> tuple[Bundle, PairAnalysis]:
         torch_device = select_device(device)
         bundle = bundle_on(model, torch_device)
+        cancel.check()
         prepared = prepare and bundle.template is not None
-        return bundle, analyse_pair(bundle, arrays.get("T1w"), arrays.get("T2w"), torch_device, names=names, prepare=prepared)
+        t1, t2 = arrays.get("T1w"), arrays.get("T2w")
+        return bundle, analyse_pair(bundle, t1, t2, torch_device, names=names, prepare=prepared, cancel=cancel)
 
     bundle, analysis = runner(work)
     nodes = add_result_nodes(analysis, names, bundle.content_dim, scene)
@@ -260,11 +291,15 @@ def align_nodes(
         raise NodeError("select both a T1w and a T2w volume to align")
     arrays = read_inputs(t1_node, t2_node)
     names = (f"the T1w '{t1_node.GetName()}'", f"the T2w '{t2_node.GetName()}'")
-    # Rigid: two scans of one patient's brain, and with affine freedom the maps' disagreements
-    # pass for scale (benchmarks/registration.py: rigid within 2 mm, affine never).
-    registration = runner(
-        lambda: register_views(bundle_on(model, select_device(device)), *arrays.values(), names=names, kind="rigid")
-    )
+
+    def work(cancel: CancelToken):
+        bundle = bundle_on(model, select_device(device))
+        cancel.check()
+        # Rigid: two scans of one patient's brain, and with affine freedom the maps' disagreements
+        # pass for scale (benchmarks/registration.py: rigid within 2 mm, affine never).
+        return register_views(bundle, *arrays.values(), names=names, kind="rigid", cancel=cancel)
+
+    registration = runner(work)
     scene = scene or slicer.mrmlScene
     transform = scene.AddNewNodeByClass(
         "vtkMRMLLinearTransformNode", scene.GenerateUniqueName(f"{t2_node.GetName()} to {t1_node.GetName()}")

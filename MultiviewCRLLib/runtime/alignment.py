@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from .control import CancelToken
+
 # SimpleITK's world is LPS; NIfTI's and Slicer's is RAS.
 LPS = np.diag([-1.0, -1.0, 1.0])
 FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -101,13 +103,33 @@ def registration_method(fixed_mask: sitk.Image | None, metric: str = MUTUAL_INFO
     return method
 
 
+def stop_on_cancel(method: sitk.ImageRegistrationMethod, cancel: CancelToken) -> None:
+    """Make ``method`` stop at its next iteration once ``cancel`` is set; the caller checks the
+    token after ``Execute``. StopRegistration ends only the pyramid level that runs, so it is asked
+    at every iteration after; an exception raised in the command would reach ``Execute``'s caller
+    only as SimpleITK's generic RuntimeError (after a traceback on stderr)."""
+
+    def stop():
+        if cancel.cancelled:
+            method.StopRegistration()
+
+    method.AddCommand(sitk.sitkIterationEvent, stop)
+
+
 def rotation_starts(
-    fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | None, count: int, metric: str = MUTUAL_INFORMATION
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    fixed_mask: sitk.Image | None,
+    count: int,
+    metric: str = MUTUAL_INFORMATION,
+    cancel: CancelToken | None = None,
 ) -> list:
     """The ``count`` best rigid starts among a grid of rotations about the fixed image's centre of
     mass (``SEARCH_STEPS`` steps of ``SEARCH_STEP_DEGREES`` either way about each axis), the
     centres of mass lined up, judged by the metric at the pyramid's coarsest level: gradient
-    descent alone stops short of a head turned by 20 degrees or more."""
+    descent alone stops short of a head turned by 20 degrees or more. ``cancel``: raises
+    :class:`~.control.Cancelled` once set (by default never)."""
+    cancel = cancel or CancelToken()
     start = sitk.CenteredTransformInitializer(
         fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
     )
@@ -121,7 +143,9 @@ def rotation_starts(
     method.AddCommand(
         sitk.sitkIterationEvent, lambda: visited.append((method.GetMetricValue(), method.GetOptimizerPosition()))
     )
+    stop_on_cancel(method, cancel)
     method.Execute(fixed, moving)
+    cancel.check()
     starts = []
     for _, position in sorted(visited)[:count]:
         transform = sitk.Euler3DTransform(start)
@@ -137,15 +161,20 @@ def fit(
     fixed_mask: sitk.Image | None,
     initial: sitk.Transform,
     metric: str = MUTUAL_INFORMATION,
+    cancel: CancelToken | None = None,
 ) -> tuple[sitk.Transform, float]:
-    """One registration from ``initial``: the transform and the metric where it ended."""
+    """One registration from ``initial``: the transform and the metric where it ended; raises
+    :class:`~.control.Cancelled` once ``cancel`` is set (by default never)."""
+    cancel = cancel or CancelToken()
     transform = TRANSFORM_TYPES[kind]()
     transform.SetCenter(initial.GetCenter())
     transform.SetMatrix(initial.GetMatrix())
     transform.SetTranslation(initial.GetTranslation())
     method = registration_method(fixed_mask, metric)
     method.SetInitialTransform(transform, inPlace=True)
+    stop_on_cancel(method, cancel)
     method.Execute(fixed, moving)
+    cancel.check()
     return transform, method.GetMetricValue()
 
 
@@ -165,17 +194,19 @@ def register(
     fixed_mask: sitk.Image | None = None,
     initial: sitk.Transform | None = None,
     metric: str = MUTUAL_INFORMATION,
+    cancel: CancelToken | None = None,
 ) -> sitk.Transform:
     """Registration by ``metric`` (Mattes mutual information by default) with a transform of
     ``kind`` (rigid, similarity: rigid and one scale, or affine), started from ``initial`` or else
     from each of the ``STARTS`` best of a coarse rotation search, keeping the fit that ends best;
     the transform maps fixed points to moving points. The moving image is first ``coarsened`` to
-    the fixed image's resolution."""
+    the fixed image's resolution. ``cancel``: raises :class:`~.control.Cancelled` once set, within
+    an iteration of the optimiser (by default never)."""
     moving = coarsened(moving, fixed.GetSpacing())
     if initial is not None:
-        return fit(fixed, moving, kind, fixed_mask, initial, metric)[0]
-    starts = rotation_starts(fixed, moving, fixed_mask, STARTS, metric)
-    fits = [fit(fixed, moving, kind, fixed_mask, start, metric) for start in starts]
+        return fit(fixed, moving, kind, fixed_mask, initial, metric, cancel)[0]
+    starts = rotation_starts(fixed, moving, fixed_mask, STARTS, metric, cancel)
+    fits = [fit(fixed, moving, kind, fixed_mask, start, metric, cancel) for start in starts]
     return min(fits, key=lambda found: found[1])[0]
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, PreprocessingConfig
+from .control import MODEL_CARD
 from .input_check import INPUT_CHECK, InputCheck, load_input_check
 from .networks import build_networks
 from .preparation import TEMPLATE_IMAGE, Template, load_template, save_template
@@ -33,7 +34,7 @@ SETTINGS = "settings.json"
 COHORT = "cohort.pt"
 BUNDLE_FORMAT = 1
 # The evaluation of the run a bundle came from; travels with the bundle when it is exported.
-EVALUATION_FILES = ("metrics.json", "report.png", STRATA, "strata.tsv", "strata.png", INPUT_CHECK)
+EVALUATION_FILES = ("metrics.json", "report.png", STRATA, "strata.tsv", "strata.png", INPUT_CHECK, MODEL_CARD)
 
 
 class BundleError(ValueError):

@@ -17,8 +17,9 @@ from monai.data import MetaTensor
 
 from ..config import VIEWS, other_view, volume_words
 from .bundle import Bundle
+from .control import CancelToken
 from .input_check import CheckReport, mask_volume_ml
-from .preparation import mask_problem, prepare_pair, to_scanner_range
+from .preparation import BrainMaskError, mask_problem, prepare_pair, to_scanner_range
 from .preprocessing import preprocess_array
 from .strata import stratum_embedding
 
@@ -83,6 +84,36 @@ class PairAnalysis:
     brain_masks: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # prepared: view -> on its input grid
 
 
+def ready_for_preprocessing(
+    bundle: Bundle,
+    given: dict[str, tuple[np.ndarray, np.ndarray]],
+    names: dict[str, str] | None,
+    prepare: bool,
+    out: PairAnalysis,
+    cancel: CancelToken,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The given views {view: (array, affine)} as the preprocessing takes them: in a scanner-like
+    intensity range and, with ``prepare``, brain-extracted and aligned on the template's grid.
+    What was done goes into ``out``: its notes and, when prepared, the transform back to the first
+    input and the brain masks on the inputs' grids."""
+    ready = {}
+    for view, (array, affine) in given.items():
+        array, rescaled = to_scanner_range(np.asarray(array, dtype=np.float32), bundle.preprocessing.mask_threshold)
+        ready[view] = (array, affine)
+        if rescaled:
+            out.notes.append(f"{volume_words(view, names)}: {rescaled}")
+    if not prepare:
+        return ready
+    prepared = prepare_pair(ready, bundle.template, names, cancel)
+    out.to_input = prepared.to_input[next(iter(prepared.images))]
+    out.brain_masks = prepared.brain_masks
+    out.notes.append(
+        "skull and scalp removed with the template's brain mask and the pair aligned to the template; "
+        "the outputs sit in the template's space, placed over the inputs by a transform"
+    )
+    return prepared.images
+
+
 @torch.no_grad()
 def analyse_pair(
     bundle: Bundle,
@@ -92,11 +123,14 @@ def analyse_pair(
     n_nearest: int = 5,
     names: dict[str, str] | None = None,
     prepare: bool | None = None,
+    cancel: CancelToken | None = None,
 ) -> PairAnalysis:
     """Run the scan preparation, the shared preprocessing, the encoder and the decoder on one pair
-    (either may be None); ``names`` {view: the volume's name} words the messages; ``prepare``:
-    brain extraction and alignment to the bundle's template (default: when the bundle has one;
-    off for inputs that are already skull-stripped and in the template's space)."""
+    (either may be None); ``names`` {view: the volume's name} words the messages; ``prepare``: brain
+    extraction and alignment to the bundle's template (default: when the bundle has one; off for
+    inputs already skull-stripped and in the template's space); ``cancel``: raises ``Cancelled``
+    once set, between the stages and inside the preparation's registrations (by default never)."""
+    cancel = cancel or CancelToken()
     given = {view: data for view, data in zip(VIEWS, (t1, t2)) if data is not None}
     if not given:
         raise ValueError("give at least one of the T1w and T2w volumes")
@@ -105,29 +139,17 @@ def analyse_pair(
         raise ValueError("this model bundle carries no template to prepare raw scans against; give prepared inputs")
     model = bundle.model
     out = PairAnalysis()
-    for view, (array, affine) in given.items():
-        array, rescaled = to_scanner_range(np.asarray(array, dtype=np.float32), bundle.preprocessing.mask_threshold)
-        given[view] = (array, affine)
-        if rescaled:
-            out.notes.append(f"{volume_words(view, names)}: {rescaled}")
-    if prepare:
-        prepared = prepare_pair(given, bundle.template, names)
-        given = prepared.images
-        out.to_input = prepared.to_input[next(iter(given))]
-        out.brain_masks = prepared.brain_masks
-        out.notes.append(
-            "skull and scalp removed with the template's brain mask and the pair aligned to the template; "
-            "the outputs sit in the template's space, placed over the inputs by a transform"
-        )
+    given = ready_for_preprocessing(bundle, given, names, prepare, out, cancel)
     images, grid = {}, None
     for view, (array, affine) in given.items():
+        cancel.check()
         called = volume_words(view, names)
         # The first view sets the model grid; the other is resampled onto it, so that every
         # output, and every error map, lies on one grid that overlays both inputs.
         image, mask = preprocess_array(array, affine, bundle.preprocessing, reference=grid)
         problem = mask_problem(mask)
         if problem:
-            raise ValueError(f"{called}: {problem}")
+            raise BrainMaskError(f"{called}: {problem}")
         grid = image if grid is None else grid
         out.inputs[view], out.masks[view] = image[0], mask[0]
         images[view] = image.as_tensor()[None].to(device)
@@ -136,10 +158,12 @@ def analyse_pair(
     def on_grid(volume: torch.Tensor) -> MetaTensor:
         return MetaTensor(volume.float().cpu(), affine=grid.affine.clone())
 
+    cancel.check()
     latents, contents = encode_views(bundle, images)
     out.latents = {view: z[0].float().cpu() for view, z in latents.items()}
     if model.family == "spatial":
         out.content_maps = {view: on_grid(c[0]) for view, c in contents.items()}
+    cancel.check()
     decoded = {name: on_grid(x[0, 0]) for name, x in decode_views(bundle, latents, contents).items()}
     for view in given:
         out.reconstructions[view] = decoded[f"{view} reconstruction"]
@@ -164,6 +188,7 @@ def analyse_pair(
     if bundle.strata is not None:
         out.stratum = describe_stratum(bundle, out.latents)
     if bundle.input_check is not None:
+        cancel.check()  # the check encodes each view once more
         volumes = {view: mask_volume_ml(out.masks[view], bundle.preprocessing.spacing_mm) for view in given}
         latents = {view: z.double().numpy() for view, z in out.latents.items()}
         as_other = as_other_view_latents(bundle, images)

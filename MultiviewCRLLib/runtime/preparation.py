@@ -32,6 +32,7 @@ from .alignment import (
     rigid_part,
     to_sitk,
 )
+from .control import CancelToken
 from .storage import atomic_save_nifti, nifti_image
 
 TEMPLATE_IMAGE, TEMPLATE_MASK = "template.nii.gz", "template_mask.nii.gz"
@@ -62,6 +63,10 @@ def to_scanner_range(array: np.ndarray, mask_threshold: float) -> tuple[np.ndarr
     target = TARGET_FACTOR * mask_threshold
     rescaled = ((array - low) * (target / (high - low))).astype(np.float32)
     return rescaled, f"intensities from {low:.3g} to {high:.3g} (99.5th percentile) rescaled to 0 to {target:.0f}"
+
+
+class BrainMaskError(ValueError):
+    """A volume whose brain mask on the model grid cannot be a brain (see :func:`mask_problem`)."""
 
 
 def mask_problem(mask: np.ndarray) -> str | None:
@@ -108,7 +113,10 @@ def atlas_brain_mask(scan: sitk.Image, template: Template, template_to_scan: sit
 
 
 def prepare_pair(
-    given: dict[str, tuple[np.ndarray, np.ndarray]], template: Template, names: dict[str, str] | None = None
+    given: dict[str, tuple[np.ndarray, np.ndarray]],
+    template: Template,
+    names: dict[str, str] | None = None,
+    cancel: CancelToken | None = None,
 ) -> PreparedPair:
     """Brain extraction and alignment of a pair ({view: (array, affine)}, one or both views): the
     first view is registered to the template brain (mutual information, the metric kept to the
@@ -118,7 +126,9 @@ def prepare_pair(
     brain). Both are resampled onto the template grid through the rigid part of the fit and
     masked there. A fit that scales the brain implausibly, or after which the scan hardly
     correlates with the template, raises :class:`AlignmentError` naming the volume (``names``:
-    {view: its name})."""
+    {view: its name}). ``cancel``: raises :class:`~.control.Cancelled` once set, within an
+    iteration of the registration that runs (by default never)."""
+    cancel = cancel or CancelToken()
     reference = to_sitk(template.image, template.affine)
     margin = sitk.BinaryDilate(sitk.Cast(to_sitk(template.mask, template.affine), sitk.sitkUInt8), [4, 4, 4])
     voxels = np.argwhere(template.mask > 0.5).mean(0)
@@ -126,9 +136,11 @@ def prepare_pair(
     out = PreparedPair({}, {}, {})
     first, first_to_template = None, None
     for view, (array, affine) in given.items():
+        cancel.check()
         scan = to_sitk(array, affine)
         if first is None:
-            similar = register(reference, scan, "similarity", margin, initial=register(reference, scan, fixed_mask=margin))
+            rigid = register(reference, scan, fixed_mask=margin, cancel=cancel)
+            similar = register(reference, scan, "similarity", margin, initial=rigid, cancel=cancel)
             agreement = template_agreement(resample(scan, reference, similar), template)
             if not SCALE_RANGE[0] <= similar.GetScale() <= SCALE_RANGE[1] or agreement < MIN_TEMPLATE_AGREEMENT:
                 raise AlignmentError(
@@ -136,7 +148,8 @@ def prepare_pair(
                     f"{similar.GetScale():.2f}, correlation with the template {agreement:.2f}); check that it is a "
                     "brain MRI, or turn preparation off for a scan that is already skull-stripped and aligned"
                 )
-            mask = atlas_brain_mask(scan, template, register(reference, scan, "affine", margin, initial=similar))
+            affine_fit = register(reference, scan, "affine", margin, initial=similar, cancel=cancel)
+            mask = atlas_brain_mask(scan, template, affine_fit)
             # Into the template's space by the rigid part only: the brain keeps its own size,
             # which the model reads as content.
             transform = from_ras_matrix(rigid_part(similar, template_centre))
@@ -144,7 +157,7 @@ def prepare_pair(
         else:
             # The second view is the fixed image: a slab of few slices then lies wholly inside the
             # first view, so every sample of the metric counts.
-            rigid = register(scan, first, initial=identity_about(scan))
+            rigid = register(scan, first, initial=identity_about(scan), cancel=cancel)
             transform = from_ras_matrix(np.linalg.inv(ras_matrix(rigid)) @ ras_matrix(first_to_template))
             mask = resample(first_mask, scan, rigid, nearest=True)
             shared = brain_mutual_information(scan, resample(first, scan, rigid), mask)

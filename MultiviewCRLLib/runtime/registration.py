@@ -21,7 +21,8 @@ import torch
 
 from .alignment import MUTUAL_INFORMATION, AlignmentError, brain_correlation, from_sitk, ras_matrix, register, resample, to_sitk
 from ..config import VIEWS
-from .bundle import Bundle
+from .bundle import Bundle, BundleError
+from .control import CancelToken
 from .inference import encode_views
 from .preprocessing import preprocess_array
 from .storage import atomic_save_nifti, nifti_image, staged_folder
@@ -62,7 +63,7 @@ def map_projection(bundle: Bundle) -> torch.Tensor:
 
 def require_content_maps(bundle: Bundle) -> None:
     if bundle.model.family != "spatial":
-        raise ValueError(
+        raise BundleError(
             f"this model bundle is of the {bundle.model.family} family and has no content maps; registration "
             "through content maps needs a spatial-family bundle"
         )
@@ -100,6 +101,7 @@ def register_views(
     method: str = CONTENT_MAPS,
     names: tuple[str, str] = ("the fixed scan", "the moving scan"),
     kind: str = "affine",
+    cancel: CancelToken | None = None,
 ) -> Registration:
     """Register ``moving``, a T2w, to ``fixed``, a T1w of the same subject (each an [i, j, k]
     array and its RAS affine): rigid, then (``kind`` "affine") affine from it, over a pyramid.
@@ -107,20 +109,24 @@ def register_views(
     intensities. ``kind`` "rigid" stops after the rigid fit: one brain scanned twice moves
     rigidly, and the maps' disagreements can pass for scale and shear.
 
-    Raises ValueError for a bundle without content maps and AlignmentError, naming the volumes and
-    the residual, when the content maps do not agree once aligned (the registration diverged).
+    Raises BundleError for a bundle without content maps and AlignmentError, naming the volumes and
+    the residual, when the content maps do not agree once aligned (the registration diverged);
+    ``cancel``: raises :class:`~.control.Cancelled` once set, within an iteration of the optimiser
+    (by default never).
     """
+    cancel = cancel or CancelToken()
     if kind not in KINDS:
         raise ValueError(f"a registration is one of {', '.join(KINDS)}, not {kind!r}")
     if method == CONTENT_MAPS:
         require_content_maps(bundle)
     start = time.perf_counter()
     fixed_image, moving_image, mask = registration_images(bundle, fixed, moving, method)
+    cancel.check()
     metric = METHODS[method]
     try:  # the metric samples the whole field of view: kept to the brain, mutual information lost its outline
-        transform = register(fixed_image, moving_image, "rigid", metric=metric)
+        transform = register(fixed_image, moving_image, "rigid", metric=metric, cancel=cancel)
         if kind == "affine":
-            transform = register(fixed_image, moving_image, "affine", initial=transform, metric=metric)
+            transform = register(fixed_image, moving_image, "affine", initial=transform, metric=metric, cancel=cancel)
     except RuntimeError as err:  # ITK stops when the images no longer overlap
         raise AlignmentError(
             f"registration of {names[1]} to {names[0]} by {method} failed: {str(err).splitlines()[-1].strip()}; "

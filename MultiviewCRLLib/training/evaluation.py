@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from ..config import (
     LATENT_BLOCKS,
+    EvaluationConfig,
     VIEW_KEYS,
     VIEW_NAMES,
     image_key,
@@ -33,7 +34,6 @@ from ..runtime.inference import cross_view_name, decode_views, encode_views
 from .discovery import Pair
 from .encoding import Encoded, encode_cohort
 
-KERNEL_RIDGE_GRID = {"alpha": [1.0, 0.1, 0.01, 0.001], "gamma": np.logspace(-2, 2, 4).tolist()}
 # z-scoring the intensities removes a global gain, so it cannot be recovered from any image.
 STYLE_FACTORS_REMOVED_BY_PREPROCESSING = ("gain",)
 
@@ -47,9 +47,11 @@ def metric(value: float, definition: str, split: str = "test") -> dict:
 
 
 # --- probes ------------------------------------------------------------------------------------
-def probe_r2(x_val: np.ndarray, y_val: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> dict[str, float]:
+def probe_r2(
+    x_val: np.ndarray, y_val: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, probes=EvaluationConfig()
+) -> dict[str, float]:
     """R² on test of a linear, a ridge (strength by cross-validation) and a kernel-ridge (RBF,
-    grid-searched with 3-fold CV) probe fitted on validation. Plain least squares interpolates
+    grid-searched with 3-fold CV) probe fitted on validation, with ``probes``' settings. Plain least squares interpolates
     hundreds of dims on tens of subjects; the ridge is the linear probe to trust.
 
     The RBF's gamma is relative to the median pairwise distance of the validation features (the
@@ -68,10 +70,14 @@ def probe_r2(x_val: np.ndarray, y_val: np.ndarray, x_test: np.ndarray, y_test: n
     target = StandardScaler().fit(y_val[:, None])
     ya, yb = target.transform(y_val[:, None]).ravel(), target.transform(y_test[:, None]).ravel()
     linear = LinearRegression().fit(a, ya)
-    ridge = RidgeCV(alphas=np.logspace(-3, 4, 15)).fit(a, ya)
-    folds = max(2, min(3, len(a) // 2))  # R² needs at least two samples per held-out fold
+    ridge = RidgeCV(alphas=np.asarray(probes.ridge_alphas)).fit(a, ya)
     width = float(np.median(pdist(a))) or 1.0
-    kernel = GridSearchCV(KernelRidge(kernel="rbf"), KERNEL_RIDGE_GRID, cv=folds).fit(a / width, ya)
+    grid = probes.kernel_ridge_grid
+    if len(grid["alpha"]) * len(grid["gamma"]) == 1:
+        kernel = KernelRidge(kernel="rbf", alpha=grid["alpha"][0], gamma=grid["gamma"][0]).fit(a / width, ya)
+    else:
+        folds = max(2, min(3, len(a) // 2))  # R² needs at least two samples per held-out fold
+        kernel = GridSearchCV(KernelRidge(kernel="rbf"), grid, cv=folds).fit(a / width, ya)
     return {
         "linear": float(r2_score(yb, linear.predict(b))),
         "ridge": float(r2_score(yb, ridge.predict(b))),
@@ -329,9 +335,8 @@ def factor_matrix(pairs: list[Pair], names: list[str]) -> np.ndarray:
     return np.array([[float(p.labels[n]) for n in names] for p in pairs])
 
 
-def representation_metrics(val: Encoded, test: Encoded, content_dim: int, seed: int = 0, label: str = "") -> dict:
-    """Probes, view accuracy, retrieval and DCI for one encoder's latents (``label`` names the progress bar)."""
-    blocks = dict(zip(LATENT_BLOCKS, (slice(0, content_dim), slice(content_dim, None), slice(None))))
+def retrieval_and_view_metrics(val: Encoded, test: Encoded, content_dim: int) -> dict:
+    """Cross-view retrieval by content (top-1 and top-5, both ways) and the view probe on each block."""
     out: dict = {}
     for view in VIEW_KEYS:
         q, k = (split_latent(getattr(test, v), content_dim)[0] for v in (view, other_view(view)))
@@ -341,40 +346,47 @@ def representation_metrics(val: Encoded, test: Encoded, content_dim: int, seed: 
                 retrieval_at_k(q, k, top),
                 f"content cosine retrieval of the subject's {other} among test subjects, top-{top} (chance {top}/{len(q)})",
             )
-    for block, cols in blocks.items():
+    for block, cols in latent_blocks(content_dim).items():
         out[view_accuracy_key(block)] = metric(
             view_accuracy((val.t1[:, cols], val.t2[:, cols]), (test.t1[:, cols], test.t2[:, cols])),
             f"LogisticRegression accuracy telling T1w from T2w on the {block} block (chance 0.5)",
         )
-    groups = factor_groups(test.pairs)
-    if groups is None:
-        return out | real_cohort_metrics(test, content_dim)
+    return out
+
+
+def latent_blocks(content_dim: int) -> dict[str, slice]:
+    return dict(zip(LATENT_BLOCKS, (slice(0, content_dim), slice(content_dim, None), slice(None))))
+
+
+def factor_probes(val: Encoded, test: Encoded, content_dim: int, groups: dict, probes, seed: int, label: str):
+    """({(block, view key, factor): {probe: R²}}, metrics of the permuted-factor control per view)."""
     rng = np.random.default_rng(seed)
-    per_factor: dict = {}
+    per_factor, controls = {}, {}
     for (block, cols), view in tqdm(
-        list(product(blocks.items(), VIEW_KEYS)), desc=f"probes, {label}", unit="block", leave=False
+        list(product(latent_blocks(content_dim).items(), VIEW_KEYS)), desc=f"probes, {label}", unit="block", leave=False
     ):
         x_val, x_test = getattr(val, view)[:, cols], getattr(test, view)[:, cols]
-        for group, names in groups.items():
+        for names in groups.values():
             y_val, y_test = factor_matrix(val.pairs, names), factor_matrix(test.pairs, names)
             for j, name in enumerate(names):
-                per_factor[(block, view, name)] = probe_r2(x_val, y_val[:, j], x_test, y_test[:, j])
+                per_factor[(block, view, name)] = probe_r2(x_val, y_val[:, j], x_test, y_test[:, j], probes)
         if block == "content":
             names = groups["content"]
             y_val = factor_matrix(val.pairs, names)
             shuffled = factor_matrix(test.pairs, names)[rng.permutation(len(test.pairs))]
             control = [
-                probe_r2(x_val, y_val[:, j], x_test, shuffled[:, j])["kernel_ridge"] for j in range(len(names))
+                probe_r2(x_val, y_val[:, j], x_test, shuffled[:, j], probes)["kernel_ridge"] for j in range(len(names))
             ]
-            out[f"control_permuted_content_r2_{VIEW_NAMES[view]}"] = metric(
+            controls[f"control_permuted_content_r2_{VIEW_NAMES[view]}"] = metric(
                 float(np.mean(control)),
                 "kernel-ridge R² of content -> content factors shuffled across test subjects (must collapse)",
             )
-    for (block, view, name), r2 in per_factor.items():
-        for kind, value in r2.items():
-            out[f"r2_{kind}_{block}_{VIEW_NAMES[view]}_{name}"] = metric(
-                value, f"{kind} probe R² of {name} from the {block} block of the {VIEW_NAMES[view]} latent"
-            )
+    return per_factor, controls
+
+
+def mean_r2_metrics(per_factor: dict, groups: dict, content_dim: int) -> dict:
+    """Each probe's mean R² from each block to the content factors, the view's own style factors
+    (those preprocessing leaves recoverable) and all style factors."""
     counted_style = {
         view: [
             n
@@ -383,7 +395,9 @@ def representation_metrics(val: Encoded, test: Encoded, content_dim: int, seed: 
         ]
         for view in VIEW_KEYS
     }
-    for block in blocks:
+    every_style = [(v, n) for v in VIEW_KEYS for g in ("style_T1w", "style_T2w") for n in groups[g]]
+    out: dict = {}
+    for block in latent_blocks(content_dim):
         for kind in ("linear", "ridge", "kernel_ridge"):
             content_scores = [per_factor[(block, v, n)][kind] for v in VIEW_KEYS for n in groups["content"]]
             out[r2_key(kind, block, "content")] = metric(
@@ -395,18 +409,30 @@ def representation_metrics(val: Encoded, test: Encoded, content_dim: int, seed: 
                 float(np.mean(own)),
                 f"mean {kind} R² of the view's own style factors (gain excluded) from the {block} block",
             )
-            any_style = [
-                per_factor[(block, v, n)][kind]
-                for v in VIEW_KEYS
-                for g in ("style_T1w", "style_T2w")
-                for n in groups[g]
-            ]
             out[r2_key(kind, block, "style")] = metric(
-                float(np.mean(any_style)), f"mean {kind} R² of all style factors (both views) from the {block} block"
+                float(np.mean([per_factor[(block, v, n)][kind] for v, n in every_style])),
+                f"mean {kind} R² of all style factors (both views) from the {block} block",
             )
-    out["style_factors_counted"] = {
-        view: names for view, names in ((VIEW_NAMES[v], counted_style[v]) for v in VIEW_KEYS)
-    }
+    out["style_factors_counted"] = {VIEW_NAMES[v]: names for v, names in counted_style.items()}
+    return out
+
+
+def representation_metrics(
+    val: Encoded, test: Encoded, content_dim: int, seed: int = 0, label: str = "", probes=EvaluationConfig()
+) -> dict:
+    """Probes, view accuracy, retrieval and DCI for one encoder's latents (``label`` names the progress bar)."""
+    out = retrieval_and_view_metrics(val, test, content_dim)
+    groups = factor_groups(test.pairs)
+    if groups is None:
+        return out | real_cohort_metrics(test, content_dim)
+    per_factor, controls = factor_probes(val, test, content_dim, groups, probes, seed, label)
+    out.update(controls)
+    for (block, view, name), r2 in per_factor.items():
+        for kind, value in r2.items():
+            out[f"r2_{kind}_{block}_{VIEW_NAMES[view]}_{name}"] = metric(
+                value, f"{kind} probe R² of {name} from the {block} block of the {VIEW_NAMES[view]} latent"
+            )
+    out.update(mean_r2_metrics(per_factor, groups, content_dim))
     all_factors = groups["content"] + groups["style_T1w"]
     d = dci(val.t1, factor_matrix(val.pairs, all_factors), test.t1, factor_matrix(test.pairs, all_factors))
     for key, value in d.items():
@@ -435,8 +461,17 @@ def real_cohort_metrics(test: Encoded, content_dim: int) -> dict:
     }
 
 
-def evaluate(bundle: Bundle, val_pairs: list[Pair], test_pairs: list[Pair], cache_root, device="cpu", seed: int = 0):
-    """Every metric for the bundle and for an untrained encoder of the same architecture.
+def evaluate(
+    bundle: Bundle,
+    val_pairs: list[Pair],
+    test_pairs: list[Pair],
+    cache_root,
+    device="cpu",
+    seed: int = 0,
+    probes=EvaluationConfig(),
+):
+    """Every metric for the bundle and for an untrained encoder of the same architecture, the probes
+    with ``probes``' settings.
 
     Returns (metrics, report material).
     """
@@ -447,7 +482,7 @@ def evaluate(bundle: Bundle, val_pairs: list[Pair], test_pairs: list[Pair], cach
     bundle.decoder.to(device).eval()
     val, val_images = encode_cohort(bundle.encoder, val_pairs, prep, cache_root, device, with_images=True)
     test, images = encode_cohort(bundle.encoder, test_pairs, prep, cache_root, device, with_images=True)
-    metrics = {"trained": representation_metrics(val, test, bundle.content_dim, seed, "trained")}
+    metrics = {"trained": representation_metrics(val, test, bundle.content_dim, seed, "trained", probes)}
     if bundle.model.family == "spatial":
         maps = (content_maps(bundle, val_images, device), content_maps(bundle, images, device))
         metrics["trained"].update(content_map_metrics((val_images, maps[0]), (images, maps[1])))
@@ -463,6 +498,7 @@ def evaluate(bundle: Bundle, val_pairs: list[Pair], test_pairs: list[Pair], cach
         bundle.content_dim,
         seed,
         "untrained",
+        probes,
     )
     metrics["subjects"] = {"val": len(val_pairs), "test": len(test_pairs)}
     material = {"images": images, "decoded": decoded, "subjects": [p.key for p in test_pairs]}

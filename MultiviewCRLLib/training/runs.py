@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from . import distributed
-from ..config import PRESETS, VIEWS, CohortConfig, ModelConfig, PreprocessingConfig
+from ..config import PRESETS, VIEWS, CohortConfig, EvaluationConfig, ModelConfig, PreprocessingConfig
 from .data import SPLIT_NAMES, assign_splits, read_splits, write_splits
 from .discovery import DiscoveryReport, discover
 from ..runtime.storage import atomic_write_json, probe_writable
 from .prepared_cohort import GIVEN_INPUTS, PREPARED_INPUTS, prepare_cohort
 from .atlas import mni_brain_template
 from .synthetic import generate_cohort
+from .model_card import write_model_card
 from .report import headline_table, input_check_summary, strata_summary
 from .trainer import Trainer, latest_checkpoint, write_bundle
 
@@ -52,6 +53,7 @@ class RunRequest:
     stratify: str | None = None
     synthetic_subjects: int | None = None
     prepare: bool = False  # raw scans: prepared (brain extraction, alignment to the template) before training
+    evaluate: bool = True  # evaluate the bundle once trained (needs MIN_EVALUATION_SUBJECTS per held-out split)
 
 
 def synthetic_cohort(data_root: Path, cohort: CohortConfig) -> Path:
@@ -108,36 +110,42 @@ def prepared_if_asked(report: DiscoveryReport, prepare: bool, data_root: Path, m
     return prepare_cohort(report, data_root, mni_brain_template(), mask_threshold) if prepare else report
 
 
+def resumed_request(request: RunRequest, run_dir: Path) -> tuple[RunRequest, Path, Path]:
+    """The request that continues the run in ``run_dir`` (its own settings, with ``request``'s data
+    root and training overrides), and the newest good checkpoint to start from."""
+    settings_path = run_dir / "settings.json"
+    if not settings_path.is_file():
+        raise RunError(f"--resume {run_dir}: no settings.json there; is it a run folder?")
+    settings = json.loads(settings_path.read_text())
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise RunError(f"--resume {run_dir}: no usable checkpoint to resume from")
+    try:
+        probe_writable(run_dir)
+    except OSError as err:
+        raise RunError(f"--resume {run_dir}: cannot write there ({err.strerror or err})") from err
+    data = settings["data"]
+    request = replace(
+        request,
+        preset=settings["preset"],
+        source=Path(data["source"]),
+        views=tuple(data["views"]),
+        t1_pattern=data["t1_pattern"],
+        t2_pattern=data["t2_pattern"],
+        prepare=data.get("prepared", False),
+        seed=settings["seed"],
+        # The cache the run filled, unless another is asked for.
+        data_root=request.data_root or Path(settings.get("data_root", DEFAULT_DATA_ROOT)),
+        train_overrides={**settings["train"], **request.train_overrides},
+        model_overrides=settings["model"],
+    )
+    return request, run_dir, checkpoint
+
+
 def train_run(request: RunRequest, resume: Path | None = None) -> Path:
     """Train (or resume) a run and write its bundle; returns the run folder."""
     if resume is not None:
-        run_dir = Path(resume)
-        settings_path = run_dir / "settings.json"
-        if not settings_path.is_file():
-            raise RunError(f"--resume {run_dir}: no settings.json there; is it a run folder?")
-        settings = json.loads(settings_path.read_text())
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            raise RunError(f"--resume {run_dir}: no usable checkpoint to resume from")
-        try:
-            probe_writable(run_dir)
-        except OSError as err:
-            raise RunError(f"--resume {run_dir}: cannot write there ({err.strerror or err})") from err
-        data = settings["data"]
-        request = replace(
-            request,
-            preset=settings["preset"],
-            source=Path(data["source"]),
-            views=tuple(data["views"]),
-            t1_pattern=data["t1_pattern"],
-            t2_pattern=data["t2_pattern"],
-            prepare=data.get("prepared", False),
-            seed=settings["seed"],
-            # The cache the run filled, unless another is asked for.
-            data_root=request.data_root or Path(settings.get("data_root", DEFAULT_DATA_ROOT)),
-            train_overrides={**settings["train"], **request.train_overrides},
-            model_overrides=settings["model"],
-        )
+        request, run_dir, checkpoint = resumed_request(request, Path(resume))
     preset = PRESETS[request.preset]
     if request.model_overrides:
         model = ModelConfig.from_dict({**preset.model.to_dict(), **request.model_overrides})
@@ -191,23 +199,29 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
         trainer.device,
         extra={"trained_steps": trained.step, "run": run_dir.name, "dataset": dataset, "training_inputs": described["inputs"]},
     )
-    evaluated = min(len(by_split["val"]), len(by_split["test"])) >= MIN_EVALUATION_SUBJECTS
-    if evaluated:
+    enough = min(len(by_split["val"]), len(by_split["test"])) >= MIN_EVALUATION_SUBJECTS
+    metrics = None
+    if request.evaluate and enough:
         metrics = evaluate_run(run_dir, cache_root, trainer.device, by_split)
-    else:
+    elif request.evaluate:
         print(f"notice: evaluation skipped; it needs {MIN_EVALUATION_SUBJECTS} validation and test subjects each")
+    print_run_summary(run_dir, bundle, metrics)
+    distributed.barrier()
+    return run_dir
+
+
+def print_run_summary(run_dir: Path, bundle: Path, metrics: dict | None) -> None:
+    """Where a finished run wrote what and, when it was evaluated, its headline figures."""
     print(f"run folder: {run_dir}")
     print(f"  training log: {run_dir / 'Training.csv'} (curves: {run_dir / 'training_curves.png'})")
     print(f"  decoded images: {run_dir / 'images'}  checkpoints: {run_dir / 'checkpoints'}")
     print(f"  TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
     print(f"  model bundle: {bundle}")
-    if evaluated:
+    if metrics is not None:
         print(f"  evaluation: {run_dir / 'metrics.json'} and {run_dir / 'report.png'} (copied into the bundle)")
         print(f"\n{headline_table(metrics)}\n\n{strata_summary(metrics)}\n\n{input_check_summary(metrics)}\n")
         print(f"picture of inputs, reconstructions and cross-view images: {run_dir / 'report.png'}")
         print(f"strata of the cohort: {run_dir / 'strata.png'}")
-    distributed.barrier()
-    return run_dir
 
 
 def split_pairs(report: DiscoveryReport, splits: dict[str, str]) -> dict[str, list]:
@@ -289,7 +303,9 @@ def evaluate_run(
         )
     bundle = load_bundle(run_dir / "bundle", device)
     cache_root = cache_root or Path(settings.get("data_root", DEFAULT_DATA_ROOT)) / "cache"
-    metrics, material = evaluate(bundle, by_split["val"], by_split["test"], cache_root, device, settings["seed"])
+    preset = PRESETS.get(settings["preset"])
+    probes = preset.evaluation if preset else EvaluationConfig()
+    metrics, material = evaluate(bundle, by_split["val"], by_split["test"], cache_root, device, settings["seed"], probes)
     folders = (run_dir, run_dir / "bundle")
     # Each split encoded once: the held-out ones with their brain-mask volumes, for the input check.
     held_out = {split: encoded_views(bundle, by_split[split], cache_root, device) for split in ("val", "test")}
@@ -305,6 +321,7 @@ def evaluate_run(
     for folder in folders:
         atomic_write_json(folder / "metrics.json", metrics)
         write_report(metrics, material, rows, folder / "report.png")
+    write_model_card(run_dir / "bundle")
     return metrics
 
 
@@ -325,6 +342,7 @@ def stratify_bundle(bundle_dir: Path, cohort: Path, cache_root: Path, device="cp
     latents = cohort_latents(bundle, pairs, cache_root, device)
     metrics["strata"] = stratify_cohort(bundle, pairs, latents, (bundle_dir,), kind, seed)
     atomic_write_json(metrics_path, metrics)
+    write_model_card(bundle_dir)
     return metrics
 
 
@@ -357,4 +375,5 @@ def calibrate_bundle(bundle_dir: Path, cohort: Path, cache_root: Path, device="c
         (bundle_dir,),
     )
     atomic_write_json(metrics_path, metrics)
+    write_model_card(bundle_dir)
     return metrics

@@ -128,11 +128,13 @@ def test_inputs_unlike_the_training_data_are_warned_about(check):
 def test_a_run_writes_its_input_check_and_the_bundle_carries_it(tiny_run_dir, tmp_path):
     metrics = json.loads((tiny_run_dir / "metrics.json").read_text())
     section = metrics["input_check"]
-    assert 0 <= section["clean_test_pairs_warned"] <= 1
+    warned = section["clean_test_pairs_warned"] * metrics["subjects"]["test"]
+    assert warned == pytest.approx(round(warned))  # a share of the test subjects' own pairs
     assert set(section["atypicality_threshold"]) == {"T1w", "T2w"}
     exported = export_bundle(tiny_run_dir / "bundle", tmp_path / "exported")
     bundle = load_bundle(exported)
-    assert bundle.input_check is not None and bundle.input_check.same_subject_threshold <= 1
+    assert bundle.input_check is not None
+    assert bundle.input_check.same_subject_threshold == pytest.approx(section["same_subject_threshold"])
     (exported / INPUT_CHECK).write_text('{"gaussians": {}}')
     with pytest.raises(BundleError, match="input_check.json is invalid"):
         load_bundle(exported)

@@ -91,7 +91,11 @@ def test_outputs_overlay_the_inputs(scene, cohort_1mm, report_grid_bundle):
             ijk_array = array.transpose(2, 1, 0)
             assert np.linalg.norm(centroid_ras(ijk_array, ijk_to_ras(node), 0) - input_centroid) < 2.0
     analysis = result["analysis"]
-    assert -1.0 <= analysis.content_cosine <= 1.0 and analysis.style_distance >= 0
+    content_dim = result["bundle"].content_dim
+    t1_latent, t2_latent = (analysis.latents[view].numpy() for view in ("T1w", "T2w"))
+    (c1, s1), (c2, s2) = ((z[:content_dim], z[content_dim:]) for z in (t1_latent, t2_latent))
+    assert analysis.content_cosine == pytest.approx(c1 @ c2 / np.linalg.norm(c1) / np.linalg.norm(c2), abs=1e-5)
+    assert analysis.style_distance == pytest.approx(np.linalg.norm(s1 - s2), rel=1e-5)
     assert [name for name, _ in analysis.nearest_cohort] and len(analysis.nearest_cohort) == 3
     table = result["table"]
     assert table.GetNumberOfRows() == PRESETS["tiny"].model.latent_dim

@@ -112,6 +112,7 @@ def test_bundle_round_trip_reproduces_the_embeddings(tiny_run, tmp_path):
         "input_check.json",
         "template.nii.gz",
         "template_mask.nii.gz",
+        "MODEL_CARD.md",
     }
     assert json.loads((half / "settings.json").read_text())["weights_dtype"] == "float16"
     assert (half / "weights.pt").stat().st_size < 0.6 * (run_dir / "bundle" / "weights.pt").stat().st_size
@@ -202,7 +203,7 @@ def test_resume_is_exact(tiny_run, tmp_path):
     last = copy / "checkpoints" / f"step_{STEPS:06d}.pt"
     last.unlink()  # as if killed between the checkpoints at steps 20 and 30
     reference = read_csv(run_dir / "Training.csv")
-    assert trainer_cli.main(["--resume", str(copy)]) == 0
+    assert trainer_cli.main(["--resume", str(copy), "--no-evaluation"]) == 0
     assert_same_training_log(read_csv(copy / "Training.csv"), reference)
     assert last.is_file()
 
@@ -214,7 +215,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tiny_run, tmp_path, c
     last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a crash of the disk
     assert latest_checkpoint(copy).name == "step_000020.pt"
     assert f"checkpoint {last} is corrupt" in capsys.readouterr().out
-    assert trainer_cli.main(["--resume", str(copy)]) == 0
+    assert trainer_cli.main(["--resume", str(copy), "--no-evaluation"]) == 0
     assert_same_training_log(read_csv(copy / "Training.csv"), read_csv(run_dir / "Training.csv"))
 
 
@@ -235,7 +236,7 @@ def test_sigterm_writes_a_checkpoint_and_resume_matches(tiny_run, tmp_path):
     stopped = results / "synthetic" / "stopped"
     checkpoint = latest_checkpoint(stopped)
     assert checkpoint is not None and 5 <= int(checkpoint.stem.split("_")[1]) < STEPS
-    assert trainer_cli.main(["--resume", str(stopped), "--data-root", str(request.data_root)]) == 0
+    assert trainer_cli.main(["--resume", str(stopped), "--data-root", str(request.data_root), "--no-evaluation"]) == 0
     assert_same_training_log(read_csv(csv_path), read_csv(run_dir / "Training.csv"))
 
 

@@ -1,0 +1,175 @@
+"""A bundle's model card (``MODEL_CARD.md``), written from its settings and its evaluation.
+
+Sections: intended use and what it must not be used for, training data, preparation, the model,
+metrics beside their targets, known limitations with figures, and the input check's false-alarm
+rate. Every figure is read from the bundle's ``metrics.json``; none is typed in.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import VIEWS, image_key, r2_key, retrieval_key, view_accuracy_key
+from ..runtime.control import MODEL_CARD
+from ..runtime.storage import atomic_write_bytes
+SECTIONS = (
+    "Intended use",
+    "Not for",
+    "Training data",
+    "Preparation",
+    "Model",
+    "Metrics",
+    "Known limitations",
+    "Input check",
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A metric of the test split, the bar it should meet (``at_least`` or at most), and its words."""
+
+    label: str
+    key: str
+    bar: float
+    at_least: bool = True
+
+    def met(self, value: float) -> bool:
+        return value >= self.bar if self.at_least else value <= self.bar
+
+    def bar_words(self) -> str:
+        return f"{'≥' if self.at_least else '≤'} {self.bar:g}"
+
+
+TARGETS = (
+    *(Target(f"retrieval top-1, {a}→{b}", retrieval_key(1, a, b), 0.9) for a, b in (VIEWS, VIEWS[::-1])),
+    *(
+        Target(f"cross-view PSNR vs noise-free {view} (dB)", image_key("psnr", "cross_reference", key), 26.0)
+        for key, view in zip(("t1", "t2"), VIEWS)
+    ),
+    *(
+        Target(f"cross-view SSIM vs noise-free {view}", image_key("ssim", "cross_reference", key), 0.9)
+        for key, view in zip(("t1", "t2"), VIEWS)
+    ),
+    Target("kernel-ridge R², content → content factors", r2_key("kernel_ridge", "content", "content"), 0.8),
+    Target("kernel-ridge R², content → style factors", r2_key("kernel_ridge", "content", "style"), 0.2, False),
+    Target("view accuracy from content (chance 0.5)", view_accuracy_key("content"), 0.6, False),
+)
+# Per-factor content probes that a reader of the card looks for: what clinicians read.
+CLINICAL_FACTORS = ("ventricle_enlargement", "lesion_load")
+
+
+def _value(group: dict, key: str) -> float | None:
+    entry = group.get(key)
+    return None if entry is None else entry.get("value")
+
+
+def metrics_rows(metrics: dict) -> list[str]:
+    """Markdown rows: figure | trained | untrained | target | met."""
+    trained, untrained = metrics.get("trained", {}), metrics.get("untrained_baseline", {})
+    rows = ["| figure (test split) | trained | untrained | target | met |", "|---|---|---|---|---|"]
+    for target in TARGETS:
+        value = _value(trained, target.key)
+        if value is None:
+            continue
+        baseline = _value(untrained, target.key)
+        words = "—" if baseline is None else f"{baseline:.3f}"
+        met = "yes" if target.met(value) else "**no**"
+        rows.append(f"| {target.label} | {value:.3f} | {words} | {target.bar_words()} | {met} |")
+    return rows
+
+
+def limitations(metrics: dict, settings: dict) -> list[str]:
+    """Bullet lines: every target missed, the clinical factors' probes, the grid and the data."""
+    trained = metrics.get("trained", {})
+    lines = []
+    for target in TARGETS:
+        value = _value(trained, target.key)
+        if value is not None and not target.met(value):
+            lines.append(f"- {target.label}: {value:.3f}, short of its target ({target.bar_words()}).")
+    for factor in CLINICAL_FACTORS:
+        found = [(view, _value(trained, f"r2_kernel_ridge_content_{view}_{factor}")) for view in VIEWS]
+        found = [(view, value) for view, value in found if value is not None]
+        if found:
+            words = ", ".join(f"{view} {value:.2f}" for view, value in found)
+            lines.append(f"- {factor.replace('_', ' ')} from content, kernel-ridge R² ({words}): ")
+            lines[-1] += "read" if min(v for _, v in found) >= 0.8 else "**not reliably read**"
+            lines[-1] += " from the content vector."
+    spacing = settings.get("preprocessing", {}).get("spacing_mm", ["?"])[0]
+    lines.append(f"- The model grid is {spacing:g} mm: structures smaller than a few voxels of it are not resolved.")
+    return lines
+
+
+def training_data_words(settings: dict) -> str:
+    dataset = str(settings.get("dataset", "unknown"))
+    if dataset.startswith("synthetic"):
+        return (
+            f"**Simulated.** `{dataset}`: paired T1w/T2w volumes simulated from the MNI ICBM152 2009a "
+            "template and its tissue maps (spin-echo signal per tissue, smooth deformations, enlarged "
+            "ventricles, white-matter lesions, bias fields and Rician noise). No real patient was seen "
+            "in training: on real scans, expect the input check to warn, and read the outputs as a demonstration."
+        )
+    return f"`{dataset}` (see the run's `discovery.tsv` and `splits.tsv` for the subjects and their split)."
+
+
+def model_card(settings: dict, metrics: dict) -> str:
+    """The card's Markdown text from a bundle's settings.json and metrics.json (either may be empty)."""
+    model, grid = settings.get("model", {}), settings.get("preprocessing", {})
+    subjects = metrics.get("subjects", {})
+    check = metrics.get("input_check", {})
+    warned = check.get("clean_test_pairs_warned")
+    sections = {
+        "Intended use": (
+            "Research on representation learning from paired T1-weighted and T2-weighted brain MRI: "
+            "inspecting content (anatomy shared by both views) and style (one view's contrast) "
+            "embeddings, reconstructions and cross-view images, in 3D Slicer or headlessly."
+        ),
+        "Not for": (
+            "Diagnosis, treatment decisions, or any clinical use: this is not a medical device. A "
+            "cross-view image is a synthesis, not an acquisition; never read a finding from it that "
+            "the acquired scans do not show."
+        ),
+        "Training data": training_data_words(settings),
+        "Preparation": (
+            f"Training inputs: {settings.get('training_inputs', 'not recorded')}. At analysis, raw scans "
+            "(with skull, any pose and resolution) are brain-extracted and aligned to the bundle's "
+            "template first, and the outputs are placed back over the inputs."
+        ),
+        "Model": (
+            f"Family `{model.get('family', '?')}`, latent {model.get('latent_dim', '?')}-d "
+            f"(content {model.get('content_dim', '?')}), model grid {grid.get('spatial_size', '?')} at "
+            f"{grid.get('spacing_mm', '?')} mm, trained {settings.get('trained_steps', '?')} steps "
+            f"(run `{settings.get('run', '?')}`)."
+        ),
+        "Metrics": "\n".join(
+            [
+                f"Test split: {subjects.get('test', '?')} subjects (probes fitted on {subjects.get('val', '?')}); "
+                "measured by `python trainer_cli.py evaluate --run RUN_DIR`, definitions in metrics.json.",
+                "",
+            ]
+            + metrics_rows(metrics)
+        )
+        if metrics
+        else "Not evaluated: the bundle has no metrics.json.",
+        "Known limitations": "\n".join(limitations(metrics, {**settings, "preprocessing": grid})),
+        "Input check": (
+            "Not calibrated for this bundle."
+            if warned is None
+            else f"False alarms: {warned:.1%} of the test subjects' own clean pairs get a warning. Atypicality "
+            "thresholds per view: "
+            + ", ".join(f"{v} {t:.2f}" for v, t in check.get("atypicality_threshold", {}).items())
+            + f"; one-person content cosine threshold {check.get('same_subject_threshold', float('nan')):.4f}."
+        ),
+    }
+    title = f"# Model card: {settings.get('run', 'MultiviewCRL bundle')}\n"
+    return title + "".join(f"\n## {name}\n\n{sections[name]}\n" for name in SECTIONS)
+
+
+def write_model_card(bundle_dir: Path) -> Path:
+    """Write ``MODEL_CARD.md`` into a bundle folder from its settings.json and metrics.json."""
+    bundle_dir = Path(bundle_dir)
+    settings = json.loads((bundle_dir / "settings.json").read_text())
+    metrics_path = bundle_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    return atomic_write_bytes(bundle_dir / MODEL_CARD, model_card(settings, metrics).encode())
