@@ -2,14 +2,14 @@
 """Headless trainer for MultiviewCRL.
 
 With no arguments it runs the main job: builds the embedded synthetic cohort once, trains the
-CPU-sized ``demo`` preset, writes a model bundle and evaluates it. ``trainer_cli.py evaluate
---run RUN_DIR`` evaluates a finished run again; ``trainer_cli.py export --run RUN_DIR --out FOLDER``
-copies its bundle (float16) for the Slicer module, with its model card (``trainer_cli.py card --bundle B``
-writes one for any bundle); ``trainer_cli.py stratify --bundle B --cohort
-DIR`` adds a cohort's strata to a bundle that has none, and ``trainer_cli.py calibrate --bundle B
---cohort DIR`` its input check; ``trainer_cli.py register --fixed F --moving M --bundle B --out DIR``
-registers two contrasts of one subject through a spatial bundle's content maps. The technical report's command works as
-written, e.g.::
+CPU-sized ``spatial-demo`` preset (the bundled model's family), writes a model bundle and evaluates
+it. ``trainer_cli.py evaluate --run RUN_DIR`` evaluates a finished run again; ``trainer_cli.py
+export --run RUN_DIR --out FOLDER`` copies its bundle (float16) for the Slicer module, with its
+model card (``trainer_cli.py card --bundle B`` writes one for any bundle); ``trainer_cli.py stratify
+--bundle B --cohort DIR`` adds a cohort's strata to a bundle that has none, and ``trainer_cli.py
+calibrate --bundle B --cohort DIR`` its input check; ``trainer_cli.py register --fixed F --moving M
+--bundle B --out DIR`` registers two contrasts of one subject through a spatial bundle's content
+maps. The technical report's command works as written, e.g.::
 
     python trainer_cli.py --dataroot /data --dataset_name ADNI --t1-pattern '*T1w*.nii.gz' \\
         --t2-pattern '*T2w*.nii.gz' --train-steps 100001 --batch-size 4 --use-amp \\
@@ -26,12 +26,30 @@ from MultiviewCRLLib.config import PRESETS, VIEWS
 from MultiviewCRLLib.runtime.strata import EMBEDDINGS
 
 
+def add_run_arguments(run) -> None:
+    """Where a run goes and how it runs: results, names, resume, seed, device, workers, evaluation."""
+    run.add_argument(
+        "--model-id", help="run name under results/{dataset}/ (default: preset and time); never overwritten"
+    )
+    run.add_argument("--results", type=Path, default=Path("results"), help="results root")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    run.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and batch order")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    run.add_argument(
+        "--no-evaluation",
+        dest="evaluate",
+        action="store_false",
+        help="write the bundle but skip its evaluation (run it later with: trainer_cli.py evaluate --run RUN_DIR)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     seed = PRESETS["seed"].train
     parser = argparse.ArgumentParser(
         prog="trainer_cli.py",
         description="Train MultiviewCRL: content-only InfoNCE on the first content dims plus a scaled L1+L2 "
-        "reconstruction loss. With no arguments: the demo preset on the embedded synthetic cohort.",
+        "reconstruction loss. With no arguments: the spatial-demo preset on the embedded synthetic cohort.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("data (default: the embedded synthetic cohort of the preset)")
@@ -65,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     train = parser.add_argument_group("training (default: the preset's value; the report's in brackets)")
-    train.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="model/preprocessing/training sizes")
+    train.add_argument(
+        "--preset", choices=sorted(PRESETS), default="spatial-demo", help="model/preprocessing/training sizes"
+    )
     train.add_argument("--train-steps", type=int, help=f"optimisation steps [{seed.steps}]")
     train.add_argument("--batch-size", type=int, help=f"subjects per batch; 2B volumes per step [{seed.batch_size}]")
     train.add_argument("--lr", type=float, help=f"Adam learning rate [{seed.lr:g}]")
@@ -74,9 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale-recon-loss", type=float, help=f"weight of the reconstruction loss [{seed.scale_recon_loss:g}]"
     )
     train.add_argument(
-        "--use-amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision on CUDA [on]"
+        "--use-amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mixed precision: float16 with a GradScaler on CUDA, bfloat16 on CPUs with native bf16 [on]",
     )
-    train.add_argument("--amp-dtype", choices=["float16", "bfloat16"], help="AMP dtype [float16, with a GradScaler]")
+    train.add_argument(
+        "--amp-dtype", choices=["float16", "bfloat16"], help="the mixed precision asked for [the device's own]"
+    )
     train.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
@@ -93,21 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--image-every", type=int, help="steps between decoded NIfTI snapshots")
     train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
 
-    run = parser.add_argument_group("run")
-    run.add_argument(
-        "--model-id", help="run name under results/{dataset}/ (default: preset and time); never overwritten"
-    )
-    run.add_argument("--results", type=Path, default=Path("results"), help="results root")
-    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its latest checkpoint")
-    run.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and batch order")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    run.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
-    run.add_argument(
-        "--no-evaluation",
-        dest="evaluate",
-        action="store_false",
-        help="write the bundle but skip its evaluation (run it later with: trainer_cli.py evaluate --run RUN_DIR)",
-    )
+    add_run_arguments(parser.add_argument_group("run"))
     return parser
 
 
@@ -257,8 +268,9 @@ def build_register_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trainer_cli.py register",
         description="Register a moving scan (e.g. a T2w) to a fixed scan of the same subject in another contrast "
-        "(e.g. its T1w): rigid, then affine (or rigid only), through a spatial-family bundle's content maps (mean squares), or by "
-        "Mattes mutual information. Writes OUT/aligned.nii.gz (the moving scan on the fixed scan's grid), "
+        "(e.g. its T1w): rigid, then affine (or rigid only), through a spatial-family bundle's content maps "
+        "(mean squares), or by Mattes mutual information. "
+        "Writes OUT/aligned.nii.gz (the moving scan on the fixed scan's grid), "
         "OUT/transform.tfm (ITK; Slicer reads it) and OUT/registration.json.",
     )
     parser.add_argument("--fixed", type=Path, required=True, help="the fixed scan (NIfTI)")
@@ -287,7 +299,9 @@ def register_command(args: argparse.Namespace) -> str:
     scans = [read_volume(path) for path in (args.fixed, args.moving)]
     bundle = load_bundle(args.bundle, select_device(args.device))
     names = (f"the fixed scan {args.fixed}", f"the moving scan {args.moving}")
-    registration = register_views(bundle, *scans, method=args.method.replace("-", " "), names=names, kind=args.transform)
+    registration = register_views(
+        bundle, *scans, method=args.method.replace("-", " "), names=names, kind=args.transform
+    )
     write_registration(registration, *scans, args.out)
     return f"residual {registration.residual:.3f} in {registration.seconds:.1f} s; wrote {args.out}"
 
@@ -306,18 +320,27 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["evaluate"]:
             args = build_evaluate_parser().parse_args(argv[1:])
             cache_root = args.data_root / "cache" if args.data_root else None
-            metrics = evaluate_run(args.run, cache_root, select_device(args.device), strata_embedding=args.strata_embedding)
+            metrics = evaluate_run(
+                args.run, cache_root, select_device(args.device), strata_embedding=args.strata_embedding
+            )
             print(f"{headline_table(metrics)}\n\n{strata_summary(metrics)}\n\n{input_check_summary(metrics)}\n")
             print(f"wrote {args.run / 'metrics.json'}, {args.run / 'report.png'} and {args.run / 'strata.png'}")
         elif argv[:1] == ["stratify"]:
             args = build_stratify_parser().parse_args(argv[1:])
             metrics = stratify_bundle(
-                args.bundle, args.cohort, args.data_root / "cache", select_device(args.device), args.strata_embedding, args.seed
+                args.bundle,
+                args.cohort,
+                args.data_root / "cache",
+                select_device(args.device),
+                args.strata_embedding,
+                args.seed,
             )
             print(f"{strata_summary(metrics)}\n\nwrote the strata into {args.bundle}")
         elif argv[:1] == ["calibrate"]:
             args = build_calibrate_parser().parse_args(argv[1:])
-            metrics = calibrate_bundle(args.bundle, args.cohort, args.data_root / "cache", select_device(args.device), args.seed)
+            metrics = calibrate_bundle(
+                args.bundle, args.cohort, args.data_root / "cache", select_device(args.device), args.seed
+            )
             print(f"{input_check_summary(metrics)}\n\nwrote the input check into {args.bundle}")
         elif argv[:1] == ["register"]:
             print(register_command(build_register_parser().parse_args(argv[1:])))

@@ -22,12 +22,12 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from MultiviewCRLLib.runtime.bundle import load_bundle, save_bundle
 from MultiviewCRLLib.config import PRESETS, VIEWS
+from MultiviewCRLLib.runtime.bundle import load_bundle, save_bundle
 from MultiviewCRLLib.runtime.inference import analyse_pair
 from MultiviewCRLLib.runtime.networks import build_networks
-from MultiviewCRLLib.training.raw_scans import write_raw_cohort
 from MultiviewCRLLib.training.atlas import mni_brain_template
+from MultiviewCRLLib.training.raw_scans import write_raw_cohort
 from MultiviewCRLLib.training.synthetic import generate_cohort
 
 TARGET_S = {"demo": 3.0, "seed": 15.0, "spatial-demo": 3.0, "spatial-seed": 15.0}
@@ -69,7 +69,7 @@ def main() -> None:
         medians = {}
         for preset in TARGET_S:
             bundle = bundle_for(preset, Path(tmp) / preset)
-            medians[preset] = median_seconds(lambda: analyse_pair(bundle, *pair), args.repeats)
+            medians[preset] = median_seconds(lambda bundle=bundle: analyse_pair(bundle, *pair), args.repeats)
         raw = write_raw_cohort(bids, Path(tmp) / "raw", n_subjects=1)
         raw_pair = read_pair(raw / "sub-0001" / "anat", "sub-0001")
         bundle = bundle_for(BUNDLED_FAMILY, Path(tmp) / "bundled-with-template", mni_brain_template())
@@ -77,14 +77,16 @@ def main() -> None:
     print(f"threads: {torch.get_num_threads()}; input: two 1 mm volumes of {pair[0][0].shape}")
     for preset, seconds in medians.items():
         print(
-            f"{preset}: {seconds:.2f} s per pair (target {TARGET_S[preset]:.0f} s, ratio {seconds / TARGET_S[preset]:.2f})"
+            f"{preset}: {seconds:.2f} s per pair "
+            f"(target {TARGET_S[preset]:.0f} s, ratio {seconds / TARGET_S[preset]:.2f})"
         )
     for preset in TARGET_S:
         print(f"{preset} / demo: {medians[preset] / medians['demo']:.2f}x")
     shapes = " and ".join(str(v[0].shape) for v in raw_pair)
     print(
         f"raw-looking pair ({shapes}), prepared, {BUNDLED_FAMILY} model: {prepared:.2f} s per pair (target "
-        f"{PREPARED_TARGET_S:.0f} s, ratio {prepared / PREPARED_TARGET_S:.2f}); / unprepared {BUNDLED_FAMILY} analysis: "
+        f"{PREPARED_TARGET_S:.0f} s, ratio {prepared / PREPARED_TARGET_S:.2f}); "
+        f"/ unprepared {BUNDLED_FAMILY} analysis: "
         f"{prepared / medians[BUNDLED_FAMILY]:.1f}x"
     )
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2

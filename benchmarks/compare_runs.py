@@ -1,6 +1,6 @@
 """The headline figures of finished runs side by side, with their training seconds per step.
 
-    python benchmarks/compare_runs.py RUN_DIR [RUN_DIR ...]
+python benchmarks/compare_runs.py RUN_DIR [RUN_DIR ...]
 """
 
 import argparse

@@ -86,7 +86,9 @@ def main() -> None:
     inputs = (
         (case, t1, t2)
         for index, pair in enumerate(test)
-        for case, (t1, t2) in cases(volume(pair.t1), volume(pair.t2), volume(test[(index + 1) % len(test)].t2), rng).items()
+        for case, (t1, t2) in cases(
+            volume(pair.t1), volume(pair.t2), volume(test[(index + 1) % len(test)].t2), rng
+        ).items()
     )
     if args.raw:
         raw = (("skull and scalp kept, no preparation", volume(p.t1), volume(p.t2)) for p in discover(args.raw).kept)

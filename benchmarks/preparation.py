@@ -9,7 +9,8 @@ the prepared scans against the same subjects' clean scans.
 Per subject: brain-mask Dice of each view against the ground truth; alignment error (the mean
 distance, over the clean brain's voxels, between where the preparation and the known pose put
 them), the same for the clean scans (which need no alignment: the error's floor) and the raw
-scans' error against where the clean scans' preparation puts them (how well the pose is undone); seconds of the prepared analysis. Then, prepared raw against clean (the clean scans
+scans' error against where the clean scans' preparation puts them (how well the pose is undone);
+seconds of the prepared analysis. Then, prepared raw against clean (the clean scans
 analysed without preparation): content cosine of each pair, self-reconstruction PSNR, and top-1
 retrieval T1w→T2w among the subjects. Last, the clean scans' retrieval as given, prepared, and
 with each of the preparation's two changes alone: the rigid resampling (keeping each brain's own
@@ -26,9 +27,9 @@ import numpy as np
 import torch
 
 from MultiviewCRLLib.config import VIEWS
+from MultiviewCRLLib.runtime.alignment import from_ras_matrix, from_sitk, resample, to_sitk
 from MultiviewCRLLib.runtime.bundle import load_bundle
 from MultiviewCRLLib.runtime.inference import analyse_pair
-from MultiviewCRLLib.runtime.alignment import from_ras_matrix, from_sitk, resample, to_sitk
 from MultiviewCRLLib.training.discovery import discover_bids, read_volume
 from MultiviewCRLLib.training.evaluation import psnr_ssim
 from MultiviewCRLLib.training.raw_scans import BRAIN_MASK, read_poses
@@ -47,13 +48,20 @@ def alignment_error(to_input: np.ndarray, pose: np.ndarray, brain_mm: np.ndarray
 def figures(analysis, content_dim: int) -> dict:
     content = {v: analysis.latents[v][:content_dim] for v in VIEWS}
     psnr = {
-        v: psnr_ssim(analysis.reconstructions[v].as_tensor(), analysis.inputs[v].as_tensor(), analysis.masks[v].as_tensor() > 0.5)[0]
+        v: psnr_ssim(
+            analysis.reconstructions[v].as_tensor(), analysis.inputs[v].as_tensor(), analysis.masks[v].as_tensor() > 0.5
+        )[0]
         for v in VIEWS
     }
     return {"cosine": analysis.content_cosine, "psnr": psnr, "content": content}
 
 
-OUTLINE_KINDS = ("as given", "prepared", "rotated by the preparation, own outline", "not rotated, the template's outline")
+OUTLINE_KINDS = (
+    "as given",
+    "prepared",
+    "rotated by the preparation, own outline",
+    "not rotated, the template's outline",
+)
 
 
 def top1(contents: list[dict]) -> float:
@@ -65,8 +73,70 @@ def top1(contents: list[dict]) -> float:
 def on_template(volume_: tuple, template, to_input: np.ndarray, cut: bool) -> tuple[np.ndarray, np.ndarray]:
     """A scan resampled onto the template grid through ``to_input`` (template world to the
     scan's), cut by the template's brain mask when ``cut``."""
-    array, affine = from_sitk(resample(to_sitk(*volume_), to_sitk(template.image, template.affine), from_ras_matrix(to_input)))
+    array, affine = from_sitk(
+        resample(to_sitk(*volume_), to_sitk(template.image, template.affine), from_ras_matrix(to_input))
+    )
     return (array * template.mask if cut else array), affine
+
+
+def print_figures(rows: list, prepared_figures: list, clean_figures: list, contents: dict, raw, bundle_path) -> None:
+    """The table of figures over every pair, then retrieval by what the preparation changes."""
+
+    def median(key):
+        return float(np.median([r[key] for r in rows]))
+
+    cosine_gap = np.abs([p["cosine"] - c["cosine"] for p, c in zip(prepared_figures, clean_figures)])
+    psnr_gap = {
+        v: np.mean([p["psnr"][v] - c["psnr"][v] for p, c in zip(prepared_figures, clean_figures)]) for v in VIEWS
+    }
+    print(f"\n{len(rows)} raw-looking pairs of {raw}, bundle {bundle_path}\n")
+    print("| figure | value | target |\n|---|---|---|")
+    for view in VIEWS:
+        print(
+            f"| brain-mask Dice {view}, median (min) | {median(f'dice_{view}'):.3f} "
+            f"({min(r[f'dice_{view}'] for r in rows):.3f}) | ≥ 0.95 |"
+        )
+    print(
+        f"| alignment error, median (max) | {median('error'):.2f} ({max(r['error'] for r in rows):.2f}) mm | ≤ 2 mm |"
+    )
+    print(
+        f"| the clean scans' own alignment error (no pose to undo), median (max) | {median('clean_error'):.2f} "
+        f"({max(r['clean_error'] for r in rows):.2f}) mm | |"
+    )
+    print(
+        f"| pose recovery: prepared raw against the prepared clean scans, median (max) | {median('pose_error'):.2f} "
+        f"({max(r['pose_error'] for r in rows):.2f}) mm | |"
+    )
+    print(
+        f"| content cosine, prepared raw − clean, mean (max) absolute | {cosine_gap.mean():.3f} "
+        f"({cosine_gap.max():.3f}) | ≤ 0.02 |"
+    )
+    for view in VIEWS:
+        print(
+            f"| self-reconstruction PSNR {view}, prepared raw − clean, mean | {psnr_gap[view]:+.2f} dB | within 1 dB |"
+        )
+    retrieval = (top1([f["content"] for f in prepared_figures]), top1([f["content"] for f in clean_figures]))
+    print(
+        f"| top-1 retrieval T1w→T2w among the {len(rows)}, prepared raw / clean | "
+        f"{retrieval[0]:.2f} / {retrieval[1]:.2f} | within 0.05 |"
+    )
+    for raw_view in VIEWS:  # which raw view costs the retrieval: one prepared raw, the other clean
+        mixed = [
+            {v: (p if v == raw_view else c)["content"][v] for v in VIEWS}
+            for p, c in zip(prepared_figures, clean_figures)
+        ]
+        print(f"| top-1 retrieval with only the {raw_view} prepared raw, the other clean | {top1(mixed):.2f} | |")
+    print(
+        f"| seconds: prepared analysis of a raw pair, median (max) | {median('seconds'):.1f} "
+        f"({max(r['seconds'] for r in rows):.1f}) | ≤ 30 |"
+    )
+    print(
+        f"| peak memory of this process | "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB | ≤ 3 GB |"
+    )
+    print("\ntop-1 retrieval T1w→T2w of the clean scans, by what the preparation changes:")
+    for kind, found in contents.items():
+        print(f"  {kind}: {top1(found):.2f}")
 
 
 def main() -> None:
@@ -87,7 +157,9 @@ def main() -> None:
         start = time.perf_counter()
         analysis = analyse_pair(bundle, *raw.values(), prepare=True)
         row = {"subject": pair.subject, "seconds": time.perf_counter() - start}
-        labels = nib.load(args.cohort / "derivatives" / "tissues" / pair.subject / "anat" / f"{pair.subject}_dseg.nii.gz")
+        labels = nib.load(
+            args.cohort / "derivatives" / "tissues" / pair.subject / "anat" / f"{pair.subject}_dseg.nii.gz"
+        )
         brain_mm = np.argwhere(np.asarray(labels.dataobj) > 0) @ labels.affine[:3, :3].T + labels.affine[:3, 3]
         for view in VIEWS:
             truth = nib.load(args.raw / BRAIN_MASK / pair.subject / "anat" / f"{pair.subject}_space-{view}_mask.nii.gz")
@@ -96,7 +168,9 @@ def main() -> None:
         rows.append(row)
         prepared_figures.append(figures(analysis, bundle.content_dim))
         # The same subject's clean scans: as given, prepared, and the preparation's two changes apart.
-        source = {view: read_volume(path) for view, path in zip(VIEWS, (clean[pair.subject].t1, clean[pair.subject].t2))}
+        source = {
+            view: read_volume(path) for view, path in zip(VIEWS, (clean[pair.subject].t1, clean[pair.subject].t2))
+        }
         clean_figures.append(figures(analyse_pair(bundle, *source.values(), prepare=False), bundle.content_dim))
         prepared_clean = analyse_pair(bundle, *source.values(), prepare=True)
         # The clean scans need no alignment, so where their preparation puts them is the floor of
@@ -120,33 +194,7 @@ def main() -> None:
             flush=True,
         )
 
-    def median(key):
-        return float(np.median([r[key] for r in rows]))
-
-    cosine_gap = np.abs([p["cosine"] - c["cosine"] for p, c in zip(prepared_figures, clean_figures)])
-    psnr_gap = {v: np.mean([p["psnr"][v] - c["psnr"][v] for p, c in zip(prepared_figures, clean_figures)]) for v in VIEWS}
-    print(f"\n{len(rows)} raw-looking pairs of {args.raw}, bundle {args.bundle}\n")
-    print("| figure | value | target |\n|---|---|---|")
-    for view in VIEWS:
-        print(f"| brain-mask Dice {view}, median (min) | {median(f'dice_{view}'):.3f} ({min(r[f'dice_{view}'] for r in rows):.3f}) | ≥ 0.95 |")
-    print(f"| alignment error, median (max) | {median('error'):.2f} ({max(r['error'] for r in rows):.2f}) mm | ≤ 2 mm |")
-    print(f"| the clean scans' own alignment error (no pose to undo), median (max) | {median('clean_error'):.2f} "
-          f"({max(r['clean_error'] for r in rows):.2f}) mm | |")
-    print(f"| pose recovery: prepared raw against the prepared clean scans, median (max) | {median('pose_error'):.2f} "
-          f"({max(r['pose_error'] for r in rows):.2f}) mm | |")
-    print(f"| content cosine, prepared raw − clean, mean (max) absolute | {cosine_gap.mean():.3f} ({cosine_gap.max():.3f}) | ≤ 0.02 |")
-    for view in VIEWS:
-        print(f"| self-reconstruction PSNR {view}, prepared raw − clean, mean | {psnr_gap[view]:+.2f} dB | within 1 dB |")
-    retrieval = (top1([f["content"] for f in prepared_figures]), top1([f["content"] for f in clean_figures]))
-    print(f"| top-1 retrieval T1w→T2w among the {len(rows)}, prepared raw / clean | {retrieval[0]:.2f} / {retrieval[1]:.2f} | within 0.05 |")
-    for raw_view in VIEWS:  # which raw view costs the retrieval: one prepared raw, the other clean
-        mixed = [{v: (p if v == raw_view else c)["content"][v] for v in VIEWS} for p, c in zip(prepared_figures, clean_figures)]
-        print(f"| top-1 retrieval with only the {raw_view} prepared raw, the other clean | {top1(mixed):.2f} | |")
-    print(f"| seconds: prepared analysis of a raw pair, median (max) | {median('seconds'):.1f} ({max(r['seconds'] for r in rows):.1f}) | ≤ 30 |")
-    print(f"| peak memory of this process | {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB | ≤ 3 GB |")
-    print("\ntop-1 retrieval T1w→T2w of the clean scans, by what the preparation changes:")
-    for kind, found in contents.items():
-        print(f"  {kind}: {top1(found):.2f}")
+    print_figures(rows, prepared_figures, clean_figures, contents, args.raw, args.bundle)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ Each test subject's T2w is moved by a random rigid or affine transform of each m
 rotation of that many degrees about a random axis through the brain's centre and a shift of as
 many millimetres; affine: also per-axis scales up to 10% and shears up to 0.05 at 30) and
 registered back to its T1w by both methods, the content maps also with the rigid fit alone
-(``runtime.registration``: same optimiser, pyramid and starts, on the same model grids). The error is the mean distance between where the found and
-the true transform put the T1w's brain voxels; a registration succeeds within 2 mm.
+(``runtime.registration``: same optimiser, pyramid and starts, on the same model grids). The error
+is the mean distance between where the found and the true transform put the T1w's brain voxels; a
+registration succeeds within 2 mm.
 
 With ``--raw`` (raw-looking scans from ``MultiviewCRLLib.training.raw_scans``: skull, pose, a thick
 tilted T2w slab), their T2w is moved by rigid transforms too and registered to their T1w by both
@@ -19,9 +20,10 @@ development, ended far off and slowly: the slab covers only part of the head.)
 
 Writes ``registration.tsv`` (one row per registration), ``registration.png`` (success against
 magnitude), ``registration_example.png`` (the first subject's T1w with its T2w's outline,
-misaligned by the largest magnitude and registered back by each method) and prints the table per scans, method, kind and magnitude, and the equivariance
-table: the correlation between the map of a rotated image, rotated back, and the map of the
-image, per angle, beside what rotating the map itself and back keeps.
+misaligned by the largest magnitude and registered back by each method) and prints the table per
+scans, method, kind and magnitude, and the equivariance table: the correlation between the map of a
+rotated image, rotated back, and the map of the image, per angle, beside what rotating the map
+itself and back keeps.
 """
 
 import argparse
@@ -71,7 +73,9 @@ class ThroughPreparation:
     def prepared(self, fixed: tuple, moving: tuple) -> tuple[dict, float]:
         if self.last is None or self.last[0] is not fixed or self.last[1] is not moving:
             started = time.perf_counter()
-            prepared = {view: prepare_pair({view: scan}, self.bundle.template) for view, scan in zip(VIEWS, (fixed, moving))}
+            prepared = {
+                view: prepare_pair({view: scan}, self.bundle.template) for view, scan in zip(VIEWS, (fixed, moving))
+            }
             self.last = (fixed, moving, prepared, time.perf_counter() - started)
         return self.last[2], self.last[3]
 
@@ -87,7 +91,9 @@ class ThroughPreparation:
 
 
 @torch.no_grad()
-def equivariance(bundle, scans: list, angles: list[float], rng: np.random.Generator) -> dict[float, tuple[float, float]]:
+def equivariance(
+    bundle, scans: list, angles: list[float], rng: np.random.Generator
+) -> dict[float, tuple[float, float]]:
     """Per angle, two mean correlations inside the brain with the image's own content map: of the
     map of the image rotated by that angle (about a random axis through the grid's centre), rotated
     back; and of the map itself rotated and back, which is what the interpolation alone loses."""
@@ -97,7 +103,7 @@ def equivariance(bundle, scans: list, angles: list[float], rng: np.random.Genera
         grid = image.affine.numpy()
         reference = to_sitk(image[0].numpy(), grid)
 
-        def turned(volume: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        def turned(volume: np.ndarray, matrix: np.ndarray, grid=grid, reference=reference) -> np.ndarray:
             return from_sitk(resample(to_sitk(volume, grid), reference, from_ras_matrix(matrix)))[0]
 
         centre = grid[:3, :3] @ (np.array(image.shape[1:]) - 1) / 2 + grid[:3, 3]
@@ -138,7 +144,9 @@ def example_figure(bundle, fixed: tuple, moving: tuple, magnitude: float, rng, o
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 4.0))
     for ax, (title, image) in zip(axes, panels.items()):
         ax.imshow(fixed[0][:, :, k].T, cmap="gray", origin="lower")
-        ax.contour(image[:, :, k].T, levels=[np.percentile(image[image > 0], 70)], colors="r", linewidths=0.6, origin="lower")
+        ax.contour(
+            image[:, :, k].T, levels=[np.percentile(image[image > 0], 70)], colors="r", linewidths=0.6, origin="lower"
+        )
         ax.set_title(title, fontsize=8)
         ax.axis("off")
     fig.tight_layout()
@@ -189,23 +197,40 @@ def registrations(bundle, scans: list, kinds: tuple, magnitudes: list, methods: 
                         error, seconds = float("inf"), time.perf_counter() - started
                     else:
                         error = error_mm(matrix, truth, points)
-                    rows.append(dict(scans=label, subject=subject, kind=kind, magnitude=magnitude, method=method,
-                                     error_mm=error, seconds=seconds))
-                    print(f"{label} {subject} {kind} {magnitude:g}: {method} {error:.2f} mm in {seconds:.1f} s", flush=True)
+                    rows.append(
+                        dict(
+                            scans=label,
+                            subject=subject,
+                            kind=kind,
+                            magnitude=magnitude,
+                            method=method,
+                            error_mm=error,
+                            seconds=seconds,
+                        )
+                    )
+                    print(
+                        f"{label} {subject} {kind} {magnitude:g}: {method} {error:.2f} mm in {seconds:.1f} s",
+                        flush=True,
+                    )
     return rows
 
 
 def print_table(rows: list[dict], label: str) -> None:
     chosen = [r for r in rows if r["scans"] == label]
     methods = list(dict.fromkeys(r["method"] for r in chosen))
-    print(f"\n{label} scans\n{'kind':7} {'magnitude':>9}  " + "  ".join(f"{m + ': success, median mm, s':>40}" for m in methods))
+    print(
+        f"\n{label} scans\n{'kind':7} {'magnitude':>9}  "
+        + "  ".join(f"{m + ': success, median mm, s':>40}" for m in methods)
+    )
     for kind, magnitude in dict.fromkeys((r["kind"], r["magnitude"]) for r in chosen):
         cells = []
         for method in methods:
             cell = [r for r in chosen if (r["kind"], r["magnitude"], r["method"]) == (kind, magnitude, method)]
             errors = [r["error_mm"] for r in cell]
-            cells.append(f"{np.mean(np.array(errors) <= SUCCESS_MM):.2f}, {np.median(errors):.2f}, "
-                         f"{np.median([r['seconds'] for r in cell]):.1f}")
+            cells.append(
+                f"{np.mean(np.array(errors) <= SUCCESS_MM):.2f}, {np.median(errors):.2f}, "
+                f"{np.median([r['seconds'] for r in cell]):.1f}"
+            )
         print(f"{kind:7} {magnitude:9g}  " + "  ".join(f"{c:>40}" for c in cells))
 
 
@@ -213,7 +238,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("Resources/Models/demo"))
     parser.add_argument("--cohort", type=Path, default=Path("data/synthetic-n600-s0-2mm"))
-    parser.add_argument("--raw", type=Path, help="raw-looking scans of test subjects (training.raw_scans), also registered")
+    parser.add_argument(
+        "--raw", type=Path, help="raw-looking scans of test subjects (training.raw_scans), also registered"
+    )
     parser.add_argument("--subjects", type=int, default=8)
     parser.add_argument("--magnitudes", type=float, nargs="+", default=[5, 10, 20, 30])
     parser.add_argument("--angles", type=float, nargs="+", default=[0, 10, 20, 30, 90])
@@ -257,12 +284,16 @@ def main() -> None:
     plot(rows, args.out / "registration.png")
     # Its own generator: the same picture whatever else was run.
     example = np.random.default_rng(args.seed)
-    example_figure(bundle, clean[0][1], clean[0][2], max(args.magnitudes), example, args.out / "registration_example.png")
+    example_figure(
+        bundle, clean[0][1], clean[0][2], max(args.magnitudes), example, args.out / "registration_example.png"
+    )
     for label in dict.fromkeys(r["scans"] for r in rows):
         print_table(rows, label)
     scans = [moving for _, _, moving, _ in clean]
-    print("\ncontent-map equivariance, T2w (correlation with the unrotated map): the map of the rotated image "
-          "rotated back / the map itself rotated and back (the interpolation's own loss)")
+    print(
+        "\ncontent-map equivariance, T2w (correlation with the unrotated map): the map of the rotated image "
+        "rotated back / the map itself rotated and back (the interpolation's own loss)"
+    )
     for angle, (value, interpolation) in equivariance(bundle, scans, args.angles, rng).items():
         print(f"  {angle:5g} degrees: {value:.3f} / {interpolation:.3f}")
     print(f"wrote registration.tsv, registration.png and registration_example.png into {args.out}")

@@ -37,7 +37,8 @@ def main() -> None:
     print(f"{args.subjects} subjects at {args.spacing:g} mm: {full:.1f} s ({full / args.subjects:.2f} s per subject)")
     print(f"ratio to the {BUDGET_S:.0f} s budget: {full / BUDGET_S:.2f}")
     print(
-        f"one-process baseline: {per_subject_serial:.2f} s per subject; parallel speed-up {per_subject_serial * args.subjects / full:.2f}x"
+        f"one-process baseline: {per_subject_serial:.2f} s per subject; "
+        f"parallel speed-up {per_subject_serial * args.subjects / full:.2f}x"
     )
 
 

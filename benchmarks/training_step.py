@@ -1,11 +1,17 @@
-"""Seconds per training step of each model family at its demo size, as a ratio to the global demo
-model measured in the same process; on a GPU also volumes per second in float32, bf16 and fp16
-AMP (the trainer runs channels-last on a GPU), as a ratio to float32.
+"""Where a training step's time goes, and what the precision policy gains, for each preset, in one process.
 
-    python benchmarks/training_step.py [--steps 5] [--presets demo spatial-demo] [--device auto]
+    python benchmarks/training_step.py [--presets spatial-demo demo spatial-seed seed] [--steps 3]
 
-Batches are real preprocessed synthetic subjects (a small cohort written to a temporary folder);
-the trainer's own step runs them, losses and optimiser included.
+For each preset, on real preprocessed synthetic subjects (a small cohort written to a temporary
+folder, cached as the trainer caches it):
+
+- the trainer's whole step split into data (a batch from the warm preprocessing cache), augmentation
+  (the preset's random transforms on that batch), forward, losses, backward and optimiser, in float32
+  with contiguous tensors (the baseline) and under the policy this machine's device gets;
+- the step under the policy as a ratio to the baseline (above 1: faster).
+
+With ``--layouts`` it also times bfloat16 with contiguous tensors, the comparison that
+``runtime.precision.CPU_CHANNELS_LAST`` follows.
 """
 
 import argparse
@@ -18,64 +24,82 @@ import torch
 
 from MultiviewCRLLib.config import PRESETS
 from MultiviewCRLLib.runtime.device import select_device
+from MultiviewCRLLib.runtime.precision import Precision, precision_policy
 from MultiviewCRLLib.training.data import paired_dataset, plain_collate
 from MultiviewCRLLib.training.discovery import discover_bids
 from MultiviewCRLLib.training.synthetic import generate_cohort
-from MultiviewCRLLib.training.trainer import Trainer
+from MultiviewCRLLib.training.trainer import PhaseClock, Trainer
+
+PHASES = ("data", "augmentation", "forward", "losses", "backward", "optimiser")
 
 
-def seconds_per_step(
-    preset_name: str, pairs, run_dir: Path, device, steps: int, amp_dtype: str | None, separable: bool = False
-) -> float:
-    preset = PRESETS[preset_name]
-    train = replace(preset.train, amp=amp_dtype is not None, amp_dtype=amp_dtype or "float16")
-    model = replace(preset.model, separable=separable)
-    trainer = Trainer(run_dir, model, preset.preprocessing, train, pairs, pairs[0], device=str(device))
+def data_seconds(preset, pairs, cache_root: Path, batches: int) -> tuple[float, float]:
+    """(seconds per batch from the warm cache, seconds per batch of augmentation on top)."""
+    train = preset.train
+    plain = paired_dataset(pairs, preset.preprocessing, cache_root)
+    augmented = paired_dataset(pairs, preset.preprocessing, cache_root, train.augment, 0, train.view_augment)
+    plain_collate([plain[i] for i in range(train.batch_size)])  # fills the cache
+    timings = []
+    for dataset in (plain, augmented):
+        start = time.perf_counter()
+        for _ in range(batches):
+            plain_collate([dataset[i] for i in range(train.batch_size)])
+        timings.append((time.perf_counter() - start) / batches)
+    return timings[0], max(0.0, timings[1] - timings[0])
+
+
+def step_phases(preset, pairs, run_dir: Path, device, steps: int, policy: Precision) -> dict[str, float]:
+    """Seconds per step of forward (networks only), losses, backward and optimiser under ``policy``."""
+    dtype = {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[policy.dtype]
+    train = replace(preset.train, amp=policy.dtype is not None, amp_dtype=dtype)
+    clock = PhaseClock(device)
+    trainer = Trainer(
+        run_dir, preset.model, preset.preprocessing, train, pairs, pairs[0], device=str(device), clock=clock
+    )
+    trainer.precision = policy
+    trainer.encoder.to(memory_format=policy.memory_format)
+    trainer.decoder.to(memory_format=policy.memory_format)
     dataset = paired_dataset(pairs, preset.preprocessing)
     batch = plain_collate([dataset[i] for i in range(train.batch_size)])
     trainer.train_step(batch)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
+    clock.seconds.clear()
     for _ in range(steps):
         trainer.train_step(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
-
-
-def step_parser(description: str) -> argparse.ArgumentParser:
-    """The options of the benchmarks that time training steps of presets."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--presets", nargs="+", default=["demo", "spatial-demo"])
-    parser.add_argument("--device", default="auto")
-    return parser
+    seconds = {phase: value / steps for phase, value in clock.seconds.items()}
+    seconds["forward"] -= seconds.get("losses", 0.0)  # the losses run inside the forward phase
+    return seconds
 
 
 def main() -> None:
-    args = step_parser(__doc__.splitlines()[0]).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["spatial-demo", "demo", "spatial-seed", "seed"])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--layouts", action="store_true", help="also bfloat16 with contiguous tensors")
+    args = parser.parse_args()
     device = select_device(args.device)
-    precisions = [None, "bfloat16", "float16"] if device.type == "cuda" else [None]
+    fast = precision_policy(device)
+    policies = {"float32": Precision(device), f"policy ({fast.name}, {fast.memory_format})": fast}
+    if args.layouts and fast.dtype is not None:
+        policies["bfloat16, contiguous"] = Precision(device, torch.bfloat16)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; seconds per step")
+    print(f"{'preset':>13} {'precision':>38} " + " ".join(f"{p:>12}" for p in PHASES) + f" {'step':>8} {'vs fp32':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         largest = max(PRESETS[p].train.batch_size for p in args.presets)
         bids = generate_cohort(Path(tmp) / "bids", n_subjects=largest, seed=0, spacing_mm=2.0)
         pairs = discover_bids(bids).kept
-        times = {
-            (preset, amp): seconds_per_step(preset, pairs, Path(tmp) / f"{preset}-{amp}", device, args.steps, amp)
-            for preset in args.presets
-            for amp in precisions
-        }
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}")
-    baseline = times[(args.presets[0], None)]
-    for (preset, amp), seconds in times.items():
-        volumes = 2 * PRESETS[preset].train.batch_size / seconds
-        fp32 = times[(preset, None)]
-        print(
-            f"{preset:>14} {amp or 'float32':>9}: {seconds:.3f} s/step, {volumes:.1f} volumes/s; "
-            f"step time / {args.presets[0]} float32 = {seconds / baseline:.2f}; throughput / float32 = {fp32 / seconds:.2f}"
-        )
+        for preset_name in args.presets:
+            preset = PRESETS[preset_name]
+            data, augmentation = data_seconds(preset, pairs, Path(tmp) / "cache", args.steps)
+            baseline = None
+            for label, policy in policies.items():
+                seconds = {"data": data, "augmentation": augmentation}
+                seconds |= step_phases(preset, pairs, Path(tmp) / f"{preset_name}-{label}", device, args.steps, policy)
+                total = sum(seconds.values())
+                baseline = baseline or total
+                row = " ".join(f"{seconds.get(p, 0.0):>12.3f}" for p in PHASES)
+                print(f"{preset_name:>13} {label:>38} {row} {total:>8.2f} {baseline / total:>7.2f}x")
 
 
 if __name__ == "__main__":

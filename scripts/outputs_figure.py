@@ -3,8 +3,9 @@
 The pair is read into real MRML nodes by Slicer's storage node (``slicer-core``), analysed with a
 model bundle exactly as the module's Apply does (``analyse_nodes``), and every panel is drawn from
 the resulting volume and table nodes: inputs; reconstructions and cross-view images; error maps;
-the content maps (spatial family) and the content dimensions of both views. Axial slices through the input T1w's brain centre, in RAS
-millimetres, radiological convention (patient right on the left) as in Slicer's slice views.
+the content maps (spatial family) and the content dimensions of both views. Axial slices through the
+input T1w's brain centre, in RAS millimetres, radiological convention (patient right on the left) as
+in Slicer's slice views.
 
     python scripts/outputs_figure.py --t1 T1.nii.gz --t2 T2.nii.gz --out Resources/Screenshots/outputs.png
 """

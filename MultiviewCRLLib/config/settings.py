@@ -60,10 +60,11 @@ class ModelConfig:
     stage's convolution has stride ``stem_stride``; in the spatial family these stages encode the
     style. ``decoder_channels``: global family, the linear layer's channels followed by one entry
     per transposed convolution (4x4x4, stride 2), starting from ``decoder_start_shape``; the result
-    is resized to the input's shape. Spatial family: ``map_unet_channels`` are the channels of
-    the content U-Net's levels (MONAI UNet, run at half the model grid's resolution), ``map_decoder_channels`` the widths of the
-    style-modulated decoder on the map, ``field_channels`` x ``field_shape`` the smooth field that
-    the style draws (a view's bias field).
+    is resized to the input's shape. Spatial family: ``map_unet_channels`` are the channels of the
+    content U-Net's levels (MONAI UNet, run at half the model grid's resolution),
+    ``map_decoder_channels`` the widths of the style-modulated decoder on the map,
+    ``field_channels`` x ``field_shape`` the smooth field that the style draws (a view's bias
+    field).
 
     ``separable``: the encoder and decoder stages' convolutions and residual units become
     depthwise-then-pointwise (both families; the spatial family's content U-Net stays standard).
@@ -122,7 +123,7 @@ class TrainConfig:
     scale_recon_loss: float = 1e-5
     clip_grad_norm: float = 2.0
     amp: bool = True
-    amp_dtype: str = "float16"  # or "bfloat16"
+    amp_dtype: str | None = None  # "float16", "bfloat16" or "float32"; None: the device's own (runtime.precision)
     augment: bool = False
     # Spatial family: weight and temperature of the dense contrastive loss between the two views'
     # content maps, the locations it samples per subject, and the weight of their L1 disagreement

@@ -74,7 +74,11 @@ def from_ras_matrix(matrix: np.ndarray) -> sitk.AffineTransform:
     return transform
 
 
-TRANSFORM_TYPES = {"rigid": sitk.Euler3DTransform, "similarity": sitk.Similarity3DTransform, "affine": lambda: sitk.AffineTransform(3)}
+TRANSFORM_TYPES = {
+    "rigid": sitk.Euler3DTransform,
+    "similarity": sitk.Similarity3DTransform,
+    "affine": lambda: sitk.AffineTransform(3),
+}
 MUTUAL_INFORMATION = "mutual information"
 METRICS = {
     MUTUAL_INFORMATION: lambda method: method.SetMetricAsMattesMutualInformation(HISTOGRAM_BINS),
@@ -83,7 +87,9 @@ METRICS = {
 }
 
 
-def registration_method(fixed_mask: sitk.Image | None, metric: str = MUTUAL_INFORMATION) -> sitk.ImageRegistrationMethod:
+def registration_method(
+    fixed_mask: sitk.Image | None, metric: str = MUTUAL_INFORMATION
+) -> sitk.ImageRegistrationMethod:
     """``metric`` (a key of METRICS) on a regular sample of the fixed image (the same sample every
     run), over a multi-resolution pyramid, by regular step gradient descent."""
     method = sitk.ImageRegistrationMethod()

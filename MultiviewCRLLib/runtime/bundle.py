@@ -26,8 +26,8 @@ from .control import MODEL_CARD
 from .input_check import INPUT_CHECK, InputCheck, load_input_check
 from .networks import build_networks
 from .preparation import TEMPLATE_IMAGE, Template, load_template, save_template
-from .strata import STRATA, Strata, load_strata
 from .storage import atomic_torch_save, atomic_write_json, staged_folder
+from .strata import STRATA, Strata, load_strata
 
 WEIGHTS = "weights.pt"
 SETTINGS = "settings.json"

@@ -81,7 +81,9 @@ class PairAnalysis:
     check: CheckReport | None = None  # whether the inputs look like the training data
     notes: list[str] = field(default_factory=list)  # what preparation did to the inputs, in words
     to_input: np.ndarray | None = None  # prepared: 4 x 4 RAS matrix from the outputs' world to the first input's
-    brain_masks: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # prepared: view -> on its input grid
+    brain_masks: dict[str, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict
+    )  # prepared: view -> on its input grid
 
 
 def ready_for_preprocessing(
@@ -203,7 +205,10 @@ def as_other_view_latents(bundle: Bundle, images: dict[str, torch.Tensor]) -> di
     (the global family: its own latents stand for them)."""
     if bundle.model.family != "spatial":
         return None
-    return {view: bundle.encoder(x, views=VIEWS.index(other_view(view))).double().cpu().numpy() for view, x in images.items()}
+    return {
+        view: bundle.encoder(x, views=VIEWS.index(other_view(view))).double().cpu().numpy()
+        for view, x in images.items()
+    }
 
 
 def describe_stratum(bundle: Bundle, latents: dict[str, torch.Tensor]) -> str:
@@ -215,7 +220,9 @@ def describe_stratum(bundle: Bundle, latents: dict[str, torch.Tensor]) -> str:
         view: latents[view] if view in latents else torch.cat([model.content(given), bundle.style_means[view]])
         for view in VIEWS
     }
-    embedding = stratum_embedding({v: z.double().numpy()[None] for v, z in full.items()}, model.content_dim, bundle.strata.embedding)
+    embedding = stratum_embedding(
+        {v: z.double().numpy()[None] for v, z in full.items()}, model.content_dim, bundle.strata.embedding
+    )
     return bundle.strata.describe(bundle.strata.nearest(embedding[0]))
 
 
@@ -236,6 +243,8 @@ def describe_analysis(analysis: PairAnalysis) -> str:
     if analysis.stratum:
         lines.append(f"Cohort stratum: {analysis.stratum}")
     if analysis.check is not None:
-        lines.append("Input check: " + ("no warnings" if analysis.check.passed else f"{len(analysis.check.warnings)} warning(s)"))
+        lines.append(
+            "Input check: " + ("no warnings" if analysis.check.passed else f"{len(analysis.check.warnings)} warning(s)")
+        )
         lines += [f"  {figure}" for figure in analysis.check.figures]
     return "\n".join(lines) or "Done."

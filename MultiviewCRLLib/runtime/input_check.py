@@ -61,7 +61,10 @@ class LatentGaussian:
 
     @classmethod
     def from_dict(cls, values: dict) -> LatentGaussian:
-        return cls(*(np.asarray(values[k], dtype=np.float64) for k in ("center", "axes", "variances")), float(values["residual"]))
+        return cls(
+            *(np.asarray(values[k], dtype=np.float64) for k in ("center", "axes", "variances")),
+            float(values["residual"]),
+        )
 
 
 def percentile_in(sorted_reference: np.ndarray, value: float) -> float:
@@ -167,7 +170,9 @@ class InputCheck:
                 f"{view}: brain mask {volume:.0f} ml (training cohort {low:.0f}-{high:.0f} ml with a margin)"
             )
             if not low <= volume <= high:
-                cause = "it may still carry skull and scalp" if volume > high else "the brain may be cut off or masked away"
+                cause = (
+                    "it may still carry skull and scalp" if volume > high else "the brain may be cut off or masked away"
+                )
                 report.warnings.append(
                     f"the brain mask of {this} holds {volume:.0f} ml, outside the training cohort's "
                     f"{low:.0f}-{high:.0f} ml: {cause}; the outputs are not meaningful"

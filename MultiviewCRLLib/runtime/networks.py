@@ -55,8 +55,16 @@ def conv_block(
     if not separable or in_channels == 1:
         if transposed:
             return Convolution(
-                3, in_channels, out_channels, strides=2, kernel_size=4, padding=1, output_padding=0,
-                is_transposed=True, act="relu", norm=norm,
+                3,
+                in_channels,
+                out_channels,
+                strides=2,
+                kernel_size=4,
+                padding=1,
+                output_padding=0,
+                is_transposed=True,
+                act="relu",
+                norm=norm,
             )
         return Convolution(3, in_channels, out_channels, strides=stride, act="relu", norm=norm)
     return nn.Sequential(
@@ -270,7 +278,11 @@ class SpatialEncoder(nn.Module):
             head_channels, 2, config.norm_groups, config.content_dim, in_channels=k, separable=config.separable
         )
         self.style_encoder = PooledEncoder(
-            config.encoder_channels, config.stem_stride, config.norm_groups, config.style_dim, separable=config.separable
+            config.encoder_channels,
+            config.stem_stride,
+            config.norm_groups,
+            config.style_dim,
+            separable=config.separable,
         )
         # Each view's part of the style (learnt; +-VIEW_STYLE along style dim 0 at the start): a
         # z-scored T1w and T2w have the same global statistics, and the pooled image features alone
@@ -280,7 +292,8 @@ class SpatialEncoder(nn.Module):
             self.view_style[:, 0] = torch.tensor([VIEW_STYLE, -VIEW_STYLE])
 
     def content_map(self, x: torch.Tensor, style: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
-        """(B, 1, X, Y, Z), its style (B, style_dim) and views (B,) -> (B, K, X, Y, Z), a softmax over the K channels."""
+        """(B, 1, X, Y, Z), its style (B, style_dim) and views (B,) -> (B, K, X, Y, Z), a softmax over
+        the K channels."""
         size = x.shape[2:]
         padding = [p for n in reversed(size) for p in (0, -n % self.multiple)]
         context = F.interpolate(self.unet(self.down(F.pad(x, padding))), scale_factor=2, mode="trilinear")

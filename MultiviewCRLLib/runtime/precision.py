@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Channels-last 3D under CPU bfloat16: set by benchmarks/training_step.py's comparison of both layouts.
+CPU_CHANNELS_LAST = True
 _SAID: set[str] = set()
 
 
@@ -64,21 +66,22 @@ class Precision:
 
 
 def precision_policy(device: torch.device, mixed: bool = True, dtype: str | None = None) -> Precision:
-    """The policy for ``device``. ``mixed``: use the device's fast low precision where it has one
-    (``--use-amp``); ``dtype``: "float16", "bfloat16" or "float32" to choose it, or None for the
-    device's own (float16 on CUDA, bfloat16 on a CPU with native bf16)."""
+    """The policy for ``device``. ``mixed``: run in low precision (``--use-amp``); ``dtype``:
+    "float16", "bfloat16" or "float32" as asked, or None for the device's own fast one (float16 on
+    CUDA, bfloat16 on a CPU with native bf16, else float32, said once)."""
     device = torch.device(device)
-    if not mixed or dtype == "float32":
-        return Precision(device)
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"a precision is one of {', '.join(DTYPES)}, not {dtype!r}")
-    if device.type == "cuda":
-        return Precision(device, DTYPES[dtype or "float16"], channels_last=True)
-    if device.type == "cpu" and cpu_has_native_bf16():
-        if dtype == "float16":
-            return Precision(device, torch.float16)  # tests of the GradScaler path; CPUs have no fast fp16
-        return Precision(device, torch.bfloat16, channels_last=True)
-    if device.type == "cpu" and dtype == "float16":
-        return Precision(device, torch.float16)
-    say_once(f"this {device.type} has no fast low precision (bfloat16 needs AVX512-BF16 or AMX); running in float32")
-    return Precision(device)
+    if not mixed or dtype == "float32":
+        return Precision(device)
+    native_bf16 = device.type == "cpu" and cpu_has_native_bf16()
+    if dtype is None:
+        if device.type == "cuda":
+            dtype = "float16"
+        elif native_bf16:
+            dtype = "bfloat16"
+        else:
+            say_once(f"this {device.type} has no fast low precision (bfloat16 needs AVX512-BF16 or AMX): float32")
+            return Precision(device)
+    fast_layout = device.type == "cuda" or (native_bf16 and dtype == "bfloat16" and CPU_CHANNELS_LAST)
+    return Precision(device, DTYPES[dtype], channels_last=fast_layout)

@@ -120,8 +120,8 @@ def prepare_pair(
 ) -> PreparedPair:
     """Brain extraction and alignment of a pair ({view: (array, affine)}, one or both views): the
     first view is registered to the template brain (mutual information, the metric kept to the
-    brain and a margin around it; a coarse rotation search, then rigid, similarity and affine fits) and gets the template's
-    brain mask through the affine fit; the second is registered rigidly to the first and shares
+    brain and a margin around it; a coarse rotation search, then rigid, similarity and affine fits)
+    and gets the template's brain mask through the affine fit; the second is registered rigidly to the first and shares
     its mask (refused, naming it, when the two then share almost no information inside the
     brain). Both are resampled onto the template grid through the rigid part of the fit and
     masked there. A fit that scales the brain implausibly, or after which the scan hardly
@@ -178,7 +178,10 @@ def prepare_pair(
 
 def save_template(folder: Path, template: Template) -> None:
     """Write a bundle's template (its brain and brain mask) into ``folder``."""
-    for name, array in ((TEMPLATE_IMAGE, template.image.astype(np.float32)), (TEMPLATE_MASK, template.mask.astype(np.uint8))):
+    for name, array in (
+        (TEMPLATE_IMAGE, template.image.astype(np.float32)),
+        (TEMPLATE_MASK, template.mask.astype(np.uint8)),
+    ):
         atomic_save_nifti(nifti_image(array, template.affine), Path(folder) / name)
 
 

@@ -19,8 +19,17 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .alignment import MUTUAL_INFORMATION, AlignmentError, brain_correlation, from_sitk, ras_matrix, register, resample, to_sitk
 from ..config import VIEWS
+from .alignment import (
+    MUTUAL_INFORMATION,
+    AlignmentError,
+    brain_correlation,
+    from_sitk,
+    ras_matrix,
+    register,
+    resample,
+    to_sitk,
+)
 from .bundle import Bundle, BundleError
 from .control import CancelToken
 from .inference import encode_views
@@ -79,13 +88,17 @@ def registration_images(
     grid) drawn by ``map_projection``, positive inside the brain and zero outside (the initial
     alignment of centres of mass weighs voxels by their values)."""
     if method == MUTUAL_INFORMATION:
-        mask = sitk.Cast(to_sitk((fixed[0] > bundle.preprocessing.mask_threshold).astype(np.float32), fixed[1]), sitk.sitkUInt8)
+        mask = sitk.Cast(
+            to_sitk((fixed[0] > bundle.preprocessing.mask_threshold).astype(np.float32), fixed[1]), sitk.sitkUInt8
+        )
         return to_sitk(*fixed), to_sitk(*moving), mask
     prepared = [preprocess_array(array, affine, bundle.preprocessing) for array, affine in (fixed, moving)]
     affines = [image.affine.numpy() for image, _ in prepared]
     masks = [mask[0] for _, mask in prepared]
     device = next(bundle.encoder.parameters()).device
-    _, maps = encode_views(bundle, {view: image.as_tensor()[None].to(device) for view, (image, _) in zip(VIEWS, prepared)})
+    _, maps = encode_views(
+        bundle, {view: image.as_tensor()[None].to(device) for view, (image, _) in zip(VIEWS, prepared)}
+    )
     axis = map_projection(bundle)
     images = [torch.einsum("k...,k->...", maps[view][0].float().cpu(), axis) for view in VIEWS]
     floor = min(image[mask > 0.5].min() for image, mask in zip(images, masks))
@@ -136,7 +149,8 @@ def register_views(
     if method == CONTENT_MAPS and 1.0 - residual < MIN_MAP_CORRELATION:
         raise AlignmentError(
             f"registration of {names[1]} to {names[0]} through content maps diverged: the aligned maps correlate "
-            f"{1.0 - residual:.2f} (residual {residual:.2f}; two scans of one subject give over {MIN_MAP_CORRELATION}); "
+            f"{1.0 - residual:.2f} (residual {residual:.2f}; "
+            f"two scans of one subject give over {MIN_MAP_CORRELATION}); "
             "no transform was applied. Check that both are brain MRI of the same subject."
         )
     return Registration(method, transform, residual, time.perf_counter() - start)
@@ -152,7 +166,10 @@ def apply_registration(
 
 
 def write_registration(
-    registration: Registration, fixed: tuple[np.ndarray, np.ndarray], moving: tuple[np.ndarray, np.ndarray], out_dir: Path
+    registration: Registration,
+    fixed: tuple[np.ndarray, np.ndarray],
+    moving: tuple[np.ndarray, np.ndarray],
+    out_dir: Path,
 ) -> Path:
     """A new folder ``out_dir`` (an existing one is refused, never replaced) with the moving scan
     aligned on the fixed scan's grid (``aligned.nii.gz``), the transform as an ITK transform file

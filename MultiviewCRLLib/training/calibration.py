@@ -45,10 +45,17 @@ def encoded_views(bundle, pairs: list[Pair], cache_root, device) -> tuple[dict, 
     encoded, images = encode_cohort(bundle.encoder, pairs, bundle.preprocessing, cache_root, device, with_images=True)
     spacing = bundle.preprocessing.spacing_mm
     latents = {view: getattr(encoded, key) for key, view in VIEW_NAMES.items()}
-    volumes = {view: np.array([mask_volume_ml(i[f"mask_{key}"], spacing) for i in images]) for key, view in VIEW_NAMES.items()}
+    volumes = {
+        view: np.array([mask_volume_ml(i[f"mask_{key}"], spacing) for i in images]) for key, view in VIEW_NAMES.items()
+    }
     chunks = [
-        as_other_view_latents(bundle, {view: torch.stack([i[key] for i in images[start : start + 8]])[:, None].to(device)
-                                       for key, view in VIEW_NAMES.items()})
+        as_other_view_latents(
+            bundle,
+            {
+                view: torch.stack([i[key] for i in images[start : start + 8]])[:, None].to(device)
+                for key, view in VIEW_NAMES.items()
+            },
+        )
         for start in range(0, len(images), 8)
     ]
     as_other = None if chunks[0] is None else {view: np.concatenate([c[view] for c in chunks]) for view in VIEWS}
@@ -64,7 +71,9 @@ def calibrate(train_latents: dict, val_latents: dict, val_volumes: dict, content
     same = np.sort(np.diag(cosines))
     different_all = cosines[~np.eye(len(cosines), dtype=bool)]
     different = np.quantile(different_all, REFERENCE_QUANTILES)
-    one_person = min(np.quantile(same, SAME_SUBJECT_FALSE_ALARMS), np.quantile(different_all, 1 - SAME_SUBJECT_FALSE_ALARMS))
+    one_person = min(
+        np.quantile(same, SAME_SUBJECT_FALSE_ALARMS), np.quantile(different_all, 1 - SAME_SUBJECT_FALSE_ALARMS)
+    )
     return InputCheck(
         gaussians,
         atypicality,

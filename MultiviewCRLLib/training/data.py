@@ -23,9 +23,9 @@ from monai.utils import convert_to_tensor
 from torch.utils.data import default_collate
 
 from ..config import VIEW_KEYS, PreprocessingConfig
-from .discovery import Pair
 from ..runtime.preprocessing import ApplyMaskd, file_transforms, mask_key
 from ..runtime.storage import atomic_write_tsv
+from .discovery import Pair
 
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}

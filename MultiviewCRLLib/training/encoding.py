@@ -25,7 +25,6 @@ class Encoded:
     t2: np.ndarray
 
 
-
 @torch.no_grad()
 def encode_cohort(encoder, pairs: list[Pair], preprocessing, cache_root, device, with_images: bool = False):
     """Latents (and, optionally, the preprocessed volumes and masks) of both views of each pair."""

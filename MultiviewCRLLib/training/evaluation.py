@@ -19,9 +19,9 @@ from tqdm import tqdm
 
 from ..config import (
     LATENT_BLOCKS,
-    EvaluationConfig,
     VIEW_KEYS,
     VIEW_NAMES,
+    EvaluationConfig,
     image_key,
     other_view,
     r2_key,
@@ -51,8 +51,8 @@ def probe_r2(
     x_val: np.ndarray, y_val: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, probes=EvaluationConfig()
 ) -> dict[str, float]:
     """R² on test of a linear, a ridge (strength by cross-validation) and a kernel-ridge (RBF,
-    grid-searched with 3-fold CV) probe fitted on validation, with ``probes``' settings. Plain least squares interpolates
-    hundreds of dims on tens of subjects; the ridge is the linear probe to trust.
+    grid-searched with 3-fold CV) probe fitted on validation, with ``probes``' settings. Plain least
+    squares interpolates hundreds of dims on tens of subjects; the ridge is the linear probe to trust.
 
     The RBF's gamma is relative to the median pairwise distance of the validation features (the
     median heuristic), so the same grid suits 8 dims and 512: on hundreds of standardised dims the
@@ -177,7 +177,9 @@ def reference_volumes(pairs: list[Pair], preprocessing) -> list[dict] | None:
     paths = [{key: noise_free_reference(getattr(p, key)) for key in VIEW_KEYS} for p in pairs]
     if not paths or any(path is None for pair in paths for path in pair.values()):
         return None
-    return [{key: preprocess_file(path, preprocessing)[0][0].as_tensor() for key, path in pair.items()} for pair in paths]
+    return [
+        {key: preprocess_file(path, preprocessing)[0][0].as_tensor() for key, path in pair.items()} for pair in paths
+    ]
 
 
 def encoded_chunks(bundle: Bundle, images: list[dict], device, size: int = 8):
@@ -197,7 +199,7 @@ def image_quality(bundle: Bundle, images: list[dict], device, references: list[d
     """
     model, decoder = bundle.model, bundle.decoder
     decoded = {f"{kind}_{key}": [] for kind in IMAGE_KINDS for key in VIEW_KEYS}
-    for chunk, (latents, contents) in encoded_chunks(bundle, images, device):
+    for _chunk, (latents, contents) in encoded_chunks(bundle, images, device):
         both = decode_views(bundle, latents, contents)
         for key in VIEW_KEYS:
             target, source = VIEW_NAMES[key], VIEW_NAMES[other_view(key)]
@@ -219,11 +221,12 @@ def image_quality(bundle: Bundle, images: list[dict], device, references: list[d
         kind, key = name.rsplit("_", 1)
         text = IMAGE_KINDS[kind].format(v=VIEW_NAMES[key])
         for suffix, truth in targets.items():
-            scores = [
-                psnr_ssim(volumes[i], truth[i][key], images[i][f"mask_{key}"] > 0.5) for i in range(len(images))
-            ]
+            scores = [psnr_ssim(volumes[i], truth[i][key], images[i][f"mask_{key}"] > 0.5) for i in range(len(images))]
             against = " (against the noise-free reference)" if suffix else ""
-            for measure, unit, values in (("psnr", " (dB)", [s[0] for s in scores]), ("ssim", "", [s[1] for s in scores])):
+            for measure, unit, values in (
+                ("psnr", " (dB)", [s[0] for s in scores]),
+                ("ssim", "", [s[1] for s in scores]),
+            ):
                 metrics[image_key(measure, kind + suffix, key)] = metric(
                     np.mean(values), f"{measure.upper()}{unit} inside the brain mask, [0,1] range: {text}{against}"
                 )
@@ -268,7 +271,9 @@ def fused_reconstruction(bundle: Bundle, images: list[dict], device) -> dict:
         "fused_compression_ratio": metric(voxels / values, "voxels of both preprocessed views per fused value"),
     }
     for key, view in VIEW_NAMES.items():
-        out[f"fused_mse_{key}"] = metric(np.mean(errors[key]), f"MSE inside the brain of {view} decoded from the fused embedding")
+        out[f"fused_mse_{key}"] = metric(
+            np.mean(errors[key]), f"MSE inside the brain of {view} decoded from the fused embedding"
+        )
         out[f"fused_cnr_retention_{key}"] = metric(
             np.mean(retention[key]), f"CNR of {view} decoded from the fused embedding over the input's (1 = kept)"
         )
@@ -310,7 +315,8 @@ def content_map_metrics(val: tuple[list, list], test: tuple[list, list]) -> dict
     return {
         "content_map_correlation": metric(
             float(np.mean(correlations)),
-            "voxelwise Pearson correlation between a subject's T1w and T2w content maps inside the brain (target ≥ 0.9)",
+            "voxelwise Pearson correlation between a subject's T1w and T2w content maps inside the brain "
+            "(target ≥ 0.9)",
         ),
         view_accuracy_key("content_map"): metric(
             view_accuracy(summaries(val), summaries(test)),
@@ -344,7 +350,8 @@ def retrieval_and_view_metrics(val: Encoded, test: Encoded, content_dim: int) ->
         for top in (1, 5):
             out[retrieval_key(top, VIEW_NAMES[view], other)] = metric(
                 retrieval_at_k(q, k, top),
-                f"content cosine retrieval of the subject's {other} among test subjects, top-{top} (chance {top}/{len(q)})",
+                f"content cosine retrieval of the subject's {other} among test subjects, "
+                f"top-{top} (chance {top}/{len(q)})",
             )
     for block, cols in latent_blocks(content_dim).items():
         out[view_accuracy_key(block)] = metric(

@@ -66,6 +66,17 @@ class BaurLoss(nn.Module):
             return (self.l1(a, b) + self.l2(a, b)).mean()
 
 
+def box_mean(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The mean over a ``size``-voxel cube about each voxel, zeros beyond the edges: (B, C, X, Y, Z)
+    in, the same shape out. Three 1-D means, one per axis: the same as one 3-D mean, at 3 * size
+    instead of size**3 reads a voxel."""
+    for axis in range(3):
+        kernel = [1, 1, 1]
+        kernel[axis] = size
+        x = F.avg_pool3d(x, kernel, stride=1, padding=[k // 2 for k in kernel])
+    return x
+
+
 class DenseInfoNCE(nn.Module):
     """Dense contrastive loss between two views' content maps (in the style of CoMIR and PatchNCE).
 
@@ -84,10 +95,11 @@ class DenseInfoNCE(nn.Module):
         self.project = nn.Sequential(nn.Linear(3 * channels, features), nn.ReLU(), nn.Linear(features, features))
 
     def features(self, content_map: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        scales = [content_map] + [F.avg_pool3d(content_map, k, stride=1, padding=k // 2) for k in (3, 7)]
-        stacked = torch.cat(scales, dim=1).flatten(2)  # (B, 3K, V)
-        picked = torch.gather(stacked, 2, index[:, None].expand(-1, stacked.shape[1], -1))  # (B, 3K, N)
-        return F.normalize(self.project(picked.transpose(1, 2).reshape(-1, stacked.shape[1])).float(), dim=1)
+        """(B * N, features) unit vectors at the ``index`` (B, N) voxels of a map (B, K, X, Y, Z)."""
+        scales = [content_map] + [box_mean(content_map, k) for k in (3, 7)]
+        at = index[:, None].expand(-1, content_map.shape[1], -1)
+        picked = torch.cat([torch.gather(scale.flatten(2), 2, at) for scale in scales], dim=1)  # (B, 3K, N)
+        return F.normalize(self.project(picked.transpose(1, 2).reshape(-1, picked.shape[1])).float(), dim=1)
 
     def forward(self, map1: torch.Tensor, map2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         weights = mask.flatten(1).float() + 1e-6  # uniform inside the brain; anywhere if a mask is empty

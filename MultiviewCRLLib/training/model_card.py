@@ -14,6 +14,7 @@ from pathlib import Path
 from ..config import VIEWS, image_key, r2_key, retrieval_key, view_accuracy_key
 from ..runtime.control import MODEL_CARD
 from ..runtime.storage import atomic_write_bytes
+
 SECTIONS = (
     "Intended use",
     "Not for",

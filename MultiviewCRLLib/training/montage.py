@@ -54,7 +54,9 @@ def write_montage(dataset: Path, out_png: Path, n_subjects: int = 4) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m MultiviewCRLLib.training.montage", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m MultiviewCRLLib.training.montage", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("dataset", type=Path, help="BIDS folder with sub-*/anat/*_T1w.nii.gz and *_T2w.nii.gz")
     parser.add_argument("out", type=Path, help="PNG file to write")
     parser.add_argument("--subjects", type=int, default=4, help="number of subjects (rows), default 4")

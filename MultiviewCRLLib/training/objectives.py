@@ -7,6 +7,7 @@ the BaurLoss; the spatial family adds the dense terms between the two views' con
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,8 @@ class GlobalObjective:
         self.model_config, self.config = model, train
         self.contrastive = ContentInfoNCE(model.content_dim, train.tau)
         self.reconstruction = BaurLoss()
+        # The trainer's PhaseClock when a benchmark times the step: the losses' share of it.
+        self.clock = lambda phase: contextlib.nullcontext()
 
     def contrast(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(z1, z2, InfoNCE) with the negatives gathered from every rank."""
@@ -48,8 +51,10 @@ class GlobalObjective:
 
     def __call__(self, encoder, decoder, x: torch.Tensor, batch: dict, step: int) -> LossTerms:
         z = encoder(x)
-        z1, z2, contrastive = self.contrast(z)
-        reconstruction = self.reconstruction(decoder(z), x)  # this rank's mean; DDP averages the gradients
+        decoded = decoder(z)
+        with self.clock("losses"):
+            z1, z2, contrastive = self.contrast(z)
+            reconstruction = self.reconstruction(decoded, x)  # this rank's mean; DDP averages the gradients
         return LossTerms(z1, z2, contrastive, reconstruction, torch.zeros((), device=x.device))
 
 
@@ -81,7 +86,8 @@ class SpatialObjective(GlobalObjective):
         views = torch.arange(len(VIEW_KEYS), device=x.device).repeat_interleave(len(batch["t1"]))
         flips = self.second_view_flips()
         z, content = encoder(flip_second_half(x, flips), with_content=True, views=views, second_half_flips=flips)
-        z1, z2, contrastive = self.contrast(z)
+        with self.clock("losses"):
+            z1, z2, contrastive = self.contrast(z)
         if step < self.config.warmup_steps:
             # The maps start as one tissue code for both views and stay so while the decoder learns
             # to draw each style from it: trained from the first step, before any style drew a T2w,
@@ -92,6 +98,11 @@ class SpatialObjective(GlobalObjective):
         # Each view's map decoded with its own style and with the other view's must give that view:
         # the cross term, on from the first step, makes the map hold what both views share.
         own, cross = decoder(torch.cat([*maps, *maps]), torch.cat([style, swapped])).chunk(2)
+        with self.clock("losses"):
+            return self.map_losses(x, batch, step, maps, own, cross, (z1, z2, contrastive))
+
+    def map_losses(self, x, batch, step, maps, own, cross, contrasted) -> LossTerms:
+        """The reconstruction of each view from both decodings and the weighted map terms."""
         reconstruction = (self.reconstruction(own, x) + self.reconstruction(cross, torch.cat(x.chunk(2)[::-1]))) / 2
         mask = batch["mask_t1"].to(x.device) * batch["mask_t2"].to(x.device)
         dense = self.config.dense_weight * self.dense_head(*maps, mask)
@@ -99,4 +110,4 @@ class SpatialObjective(GlobalObjective):
         # much as a wrong intensity does.
         disagreement = (maps[0] - maps[1]).abs().flatten(1).sum(1).mean()
         agreement = self.config.scale_recon_loss * self.config.map_agreement_weight * disagreement
-        return LossTerms(z1, z2, contrastive, reconstruction, self.ramp(step) * (dense + agreement))
+        return LossTerms(*contrasted, reconstruction, self.ramp(step) * (dense + agreement))

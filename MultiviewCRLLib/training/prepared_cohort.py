@@ -26,7 +26,9 @@ from ..runtime.storage import atomic_save_nifti, nifti_image
 from .discovery import DiscoveryReport, Pair, Rejection
 
 # What a prepared cohort's inputs look like, recorded in the run's settings and its bundle.
-PREPARED_INPUTS = "raw scans prepared: skull and scalp removed by the template's brain mask, rigidly aligned to the template"
+PREPARED_INPUTS = (
+    "raw scans prepared: skull and scalp removed by the template's brain mask, rigidly aligned to the template"
+)
 GIVEN_INPUTS = "as given: taken to be skull-stripped and in the template's space, as the preparation would make them"
 
 
@@ -40,8 +42,18 @@ def settings_key(template: Template, mask_threshold: float) -> str:
         "scale_range": preparation.SCALE_RANGE,
         "template_agreement": preparation.MIN_TEMPLATE_AGREEMENT,
         "range": (preparation.RANGE_FACTOR, preparation.TARGET_FACTOR),
-        "registration": (alignment.HISTOGRAM_BINS, alignment.SAMPLING, alignment.SAMPLING_SEED, alignment.SHRINK_FACTORS),
-        "pyramid": (alignment.SMOOTHING_MM, alignment.ITERATIONS, alignment.SEARCH_STEPS, alignment.SEARCH_STEP_DEGREES),
+        "registration": (
+            alignment.HISTOGRAM_BINS,
+            alignment.SAMPLING,
+            alignment.SAMPLING_SEED,
+            alignment.SHRINK_FACTORS,
+        ),
+        "pyramid": (
+            alignment.SMOOTHING_MM,
+            alignment.ITERATIONS,
+            alignment.SEARCH_STEPS,
+            alignment.SEARCH_STEP_DEGREES,
+        ),
     }
     digest.update(json.dumps(parameters, sort_keys=True).encode())
     return digest.hexdigest()[:12]
@@ -53,7 +65,9 @@ def input_key(pair: Pair) -> str:
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:10]
 
 
-def prepare_cohort(report: DiscoveryReport, data_root: Path, template: Template, mask_threshold: float) -> DiscoveryReport:
+def prepare_cohort(
+    report: DiscoveryReport, data_root: Path, template: Template, mask_threshold: float
+) -> DiscoveryReport:
     """The discovery report of the prepared pairs (split and labels kept), preparing those not yet
     in the cache; a pair that cannot be prepared joins the rejected ones with the reason."""
     folder = Path(data_root) / "prepared" / settings_key(template, mask_threshold)
@@ -65,9 +79,14 @@ def prepare_cohort(report: DiscoveryReport, data_root: Path, template: Template,
             given = {}
             for view, path in zip(VIEWS, (pair.t1, pair.t2)):
                 image = nib.load(path)
-                given[view] = (to_scanner_range(np.asarray(image.dataobj, dtype=np.float32), mask_threshold)[0], image.affine)
+                given[view] = (
+                    to_scanner_range(np.asarray(image.dataobj, dtype=np.float32), mask_threshold)[0],
+                    image.affine,
+                )
             try:
-                prepared = prepare_pair(given, template, {view: str(path) for view, path in zip(VIEWS, (pair.t1, pair.t2))})
+                prepared = prepare_pair(
+                    given, template, {view: str(path) for view, path in zip(VIEWS, (pair.t1, pair.t2))}
+                )
             except AlignmentError as err:
                 out.rejected.append(Rejection(pair.key, str(pair.t1), f"preparation failed: {err}"))
                 continue

@@ -128,7 +128,9 @@ def raw_subject(t1: Path, t2: Path, dseg: Path, rng, in_plane_mm: float = 1.0) -
         image = np.asarray(padded(nib.load(path), margin).dataobj, dtype=np.float32)
         with_head = head(image, np.asarray(labels.dataobj), spacing, view, rng)
         raw = resample_from_to(nib.Nifti1Image(with_head, placed), grids[view], order=1, cval=0.0)
-        mask = resample_from_to(nib.Nifti1Image((np.asarray(labels.dataobj) > 0).astype(np.uint8), placed), grids[view], order=0)
+        mask = resample_from_to(
+            nib.Nifti1Image((np.asarray(labels.dataobj) > 0).astype(np.uint8), placed), grids[view], order=0
+        )
         out[view] = (
             nifti_image(np.clip(np.rint(raw.get_fdata()), 0, 32767).astype(np.int16), raw.affine),
             nifti_image(np.asarray(mask.dataobj).astype(np.uint8), mask.affine),
@@ -183,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=("train", "val", "test"), help="only subjects of this split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--in-plane-mm", type=float, default=1.0, help="the T1w's voxel size and the T2w's in-plane size over 0.9 (default 1)"
+        "--in-plane-mm",
+        type=float,
+        default=1.0,
+        help="the T1w's voxel size and the T2w's in-plane size over 0.9 (default 1)",
     )
     args = parser.parse_args(argv)
     if args.out.exists():

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import distributed
 from ..config import PRESETS, VIEWS, CohortConfig, EvaluationConfig, ModelConfig, PreprocessingConfig
+from ..runtime.storage import atomic_write_json, probe_writable
+from . import distributed
+from .atlas import mni_brain_template
 from .data import SPLIT_NAMES, assign_splits, read_splits, write_splits
 from .discovery import DiscoveryReport, discover
-from ..runtime.storage import atomic_write_json, probe_writable
-from .prepared_cohort import GIVEN_INPUTS, PREPARED_INPUTS, prepare_cohort
-from .atlas import mni_brain_template
-from .synthetic import generate_cohort
 from .model_card import write_model_card
+from .prepared_cohort import GIVEN_INPUTS, PREPARED_INPUTS, prepare_cohort
 from .report import headline_table, input_check_summary, strata_summary
+from .synthetic import generate_cohort
 from .trainer import Trainer, latest_checkpoint, write_bundle
 
 MIN_EVALUATION_SUBJECTS = 4
@@ -34,7 +34,7 @@ class RunError(RuntimeError):
 
 @dataclass
 class RunRequest:
-    preset: str = "demo"
+    preset: str = "spatial-demo"
     source: Path | None = None  # BIDS folder, manifest file or folder-per-subject root; None: synthetic
     dataset: str | None = None
     t1_pattern: str | None = None
@@ -105,7 +105,9 @@ def discover_data(request: RunRequest) -> tuple[DiscoveryReport, str, dict]:
     return report, dataset, described
 
 
-def prepared_if_asked(report: DiscoveryReport, prepare: bool, data_root: Path, mask_threshold: float) -> DiscoveryReport:
+def prepared_if_asked(
+    report: DiscoveryReport, prepare: bool, data_root: Path, mask_threshold: float
+) -> DiscoveryReport:
     """The report of the pairs prepared against the MNI152 brain (``prepare``), or ``report``."""
     return prepare_cohort(report, data_root, mni_brain_template(), mask_threshold) if prepare else report
 
@@ -197,7 +199,12 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
         by_split["train"],
         cache_root,
         trainer.device,
-        extra={"trained_steps": trained.step, "run": run_dir.name, "dataset": dataset, "training_inputs": described["inputs"]},
+        extra={
+            "trained_steps": trained.step,
+            "run": run_dir.name,
+            "dataset": dataset,
+            "training_inputs": described["inputs"],
+        },
     )
     enough = min(len(by_split["val"]), len(by_split["test"])) >= MIN_EVALUATION_SUBJECTS
     metrics = None
@@ -286,9 +293,9 @@ def evaluate_run(
     ``by_split`` spares a second discovery pass (which reads every volume) right after training.
     """
     from ..runtime.bundle import load_bundle
+    from .calibration import calibrate_cohort_check, encoded_views
     from .evaluation import evaluate
     from .report import write_report
-    from .calibration import calibrate_cohort_check, encoded_views
     from .stratification import cohort_latents, stratify_cohort
     from .trainer import read_training_csv
 
@@ -305,7 +312,9 @@ def evaluate_run(
     cache_root = cache_root or Path(settings.get("data_root", DEFAULT_DATA_ROOT)) / "cache"
     preset = PRESETS.get(settings["preset"])
     probes = preset.evaluation if preset else EvaluationConfig()
-    metrics, material = evaluate(bundle, by_split["val"], by_split["test"], cache_root, device, settings["seed"], probes)
+    metrics, material = evaluate(
+        bundle, by_split["val"], by_split["test"], cache_root, device, settings["seed"], probes
+    )
     folders = (run_dir, run_dir / "bundle")
     # Each split encoded once: the held-out ones with their brain-mask volumes, for the input check.
     held_out = {split: encoded_views(bundle, by_split[split], cache_root, device) for split in ("val", "test")}

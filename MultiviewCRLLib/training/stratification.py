@@ -126,8 +126,9 @@ def column_test(column: str, values: list[str], labels: np.ndarray) -> ColumnTes
         result.statistic, result.p = (float(x) for x in stats.kruskal(*groups))
     else:
         categories = sorted(set(kept))
-        table = np.array([[sum(1 for v, s in zip(kept, strata) if v == c and s == k) for c in categories]
-                          for k in np.unique(strata)])
+        table = np.array(
+            [[sum(1 for v, s in zip(kept, strata) if v == c and s == k) for c in categories] for k in np.unique(strata)]
+        )
         result.test = "chi-squared"
         chi2 = stats.chi2_contingency(table)
         result.statistic, result.p = float(chi2.statistic), float(chi2.pvalue)

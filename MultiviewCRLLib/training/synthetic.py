@@ -28,7 +28,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
-
 from tqdm import tqdm
 
 from ..config import VIEWS

@@ -23,26 +23,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from monai.data import DataLoader
 from monai.utils import convert_to_tensor
+from torch import nn
 from torch.utils.data import Sampler
 from tqdm import tqdm
 
+from ..config import VIEW_KEYS, VIEW_NAMES, ModelConfig, PreprocessingConfig, TrainConfig
 from ..runtime.bundle import save_bundle
+from ..runtime.device import select_device
+from ..runtime.networks import build_networks
+from ..runtime.precision import precision_policy
+from ..runtime.preprocessing import file_transforms, to_nifti
+from ..runtime.storage import atomic_save_nifti, atomic_torch_save, atomic_write_bytes
 from .atlas import mni_brain_template
-from ..config import ModelConfig, PreprocessingConfig, TrainConfig
-from ..config import VIEW_KEYS, VIEW_NAMES
 from .data import paired_dataset, plain_collate
 from .discovery import Pair
 from .distributed import cross_rank_batchnorm, rank, world_size
 from .encoding import encode_cohort
 from .losses import DenseInfoNCE, retrieval_top1
 from .objectives import GlobalObjective, SpatialObjective
-from ..runtime.device import select_device
-from ..runtime.networks import build_networks
-from ..runtime.preprocessing import file_transforms, to_nifti
-from ..runtime.storage import atomic_save_nifti, atomic_torch_save, atomic_write_bytes
 
 CSV_COLUMNS = ("step", "total", "contrastive", "reconstruction", "dense", "top1_retrieval", "lr", "seconds")
 METRIC_KEYS = ("total", "contrastive", "reconstruction", "dense", "top1_retrieval")
@@ -173,6 +173,30 @@ def write_decoded_images(folder: Path, encoder, decoder, model: ModelConfig, ima
     decoder.train()
 
 
+class PhaseClock:
+    """Seconds spent in each phase of the training step, summed over steps (the step benchmark reads
+    them); a disabled clock measures nothing. CUDA work is waited for at each phase's edges."""
+
+    def __init__(self, device: torch.device, enabled: bool = True):
+        self.device, self.enabled = torch.device(device), enabled
+        self.seconds: dict[str, float] = {}
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        if not self.enabled:
+            yield
+            return
+        self.synchronize()
+        start = time.perf_counter()
+        yield
+        self.synchronize()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+
 @contextlib.contextmanager
 def signals_request_stop(request_stop):
     """While inside, SIGTERM and SIGINT call ``request_stop(signum)`` instead of stopping the process
@@ -180,7 +204,9 @@ def signals_request_stop(request_stop):
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, lambda signum, frame: request_stop(signum)) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: request_stop(signum)) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
     try:
         yield
     finally:
@@ -203,25 +229,22 @@ class Trainer:
         device: str = "auto",
         num_workers: int = 0,
         cache_root: Path | None = None,
+        clock: PhaseClock | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.model_config, self.preprocessing, self.config = model, preprocessing, train
         self.train_pairs, self.image_pair, self.seed = train_pairs, image_pair, seed
         self.device = select_device(device)
         self.num_workers, self.cache_root = num_workers, cache_root
-        self.amp = train.amp and self.device.type == "cuda"
-        if train.amp and not self.amp:
-            print(f"notice: AMP needs CUDA; training in float32 on {self.device}")
-        self.amp_dtype = torch.bfloat16 if train.amp_dtype == "bfloat16" else torch.float16
+        self.precision = precision_policy(self.device, train.amp, train.amp_dtype)
+        self.clock = clock or PhaseClock(self.device, enabled=False)
         self.world = world_size()
         self.rank = rank()
         self.is_writer = self.rank == 0  # only rank 0 writes logs, images, checkpoints and bundles
         torch.manual_seed(seed)  # every rank starts from the same weights
-        # On a GPU, channels-last: the memory layout cuDNN's 3D convolutions are fastest with.
-        self.memory_format = torch.channels_last_3d if self.device.type == "cuda" else torch.contiguous_format
         encoder, decoder = build_networks(model, preprocessing.spatial_size)
-        self.encoder = encoder.to(self.device, memory_format=self.memory_format)
-        self.decoder = decoder.to(self.device, memory_format=self.memory_format)
+        self.encoder = encoder.to(self.device, memory_format=self.precision.memory_format)
+        self.decoder = decoder.to(self.device, memory_format=self.precision.memory_format)
         # Spatial family: the dense loss's projection head trains with the networks (not bundled).
         self.dense = nn.ModuleDict()
         if model.family == "spatial":
@@ -240,11 +263,12 @@ class Trainer:
                 dense_head = DistributedDataParallel(dense_head, device_ids=ids)
         self.optimizer = torch.optim.Adam(self.parameters, lr=train.lr)
         # A GradScaler is only needed for float16; disabled it is a pass-through.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
         if dense_head is None:
             self.objective = GlobalObjective(model, train)
         else:
             self.objective = SpatialObjective(model, train, dense_head)
+        self.objective.clock = self.clock
         self.step = 0
         self.window: list[dict[str, float]] = []
         self.nonfinite_steps = 0
@@ -324,10 +348,10 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------------
     def train_step(self, batch: dict) -> dict[str, float]:
-        x = torch.cat([batch["t1"], batch["t2"]]).to(self.device, memory_format=self.memory_format)  # (2B, 1, X, Y, Z)
+        x = self.precision.place(torch.cat([batch["t1"], batch["t2"]]))  # (2B, 1, X, Y, Z)
         # A step with a non-finite loss is skipped whole, BatchNorm running statistics included.
         buffers = {name: b.clone() for name, b in self.modules()[0].named_buffers()}
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+        with self.clock("forward"), self.precision.autocast():
             terms = self.objective(self.encoder, self.decoder, x, batch, self.step)
         contrastive, reconstruction, dense = terms.contrastive, terms.reconstruction, terms.dense
         total = contrastive + self.config.scale_recon_loss * reconstruction + dense
@@ -335,11 +359,13 @@ class Trainer:
         finite = not self.all_ranks_max(float(not torch.isfinite(total)))
         if finite or self.scaler.is_enabled():
             # Under fp16 the GradScaler skips a step whose gradients overflow and lowers its scale.
-            self.scaler.scale(total).backward()
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.parameters, self.config.clip_grad_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            with self.clock("backward"):
+                self.scaler.scale(total).backward()
+            with self.clock("optimiser"):
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.parameters, self.config.clip_grad_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
         self.nonfinite_steps = 0 if finite else self.nonfinite_steps + 1
         if not finite:
             for name, value in self.modules()[0].named_buffers():

@@ -10,9 +10,9 @@ import slicer
 import slicer.util
 from conftest import volume_path
 
+from MultiviewCRLLib.config import PRESETS, image_key, r2_key, retrieval_key
 from MultiviewCRLLib.runtime.bundle import EVALUATION_FILES, load_bundle
 from MultiviewCRLLib.runtime.preparation import TEMPLATE_FILES
-from MultiviewCRLLib.config import PRESETS, image_key, r2_key, retrieval_key
 from MultiviewCRLLib.slicer_nodes import analyse_nodes, read_volume_node
 
 DEMO_MODEL = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "demo"
@@ -40,7 +40,11 @@ def test_carries_its_evaluation_on_at_least_50_test_subjects():
     metrics = json.loads((DEMO_MODEL / "metrics.json").read_text())
     assert metrics["subjects"]["test"] >= 50
     trained = metrics["trained"]
-    for key in (retrieval_key(1, "T1w", "T2w"), r2_key("kernel_ridge", "content", "content"), image_key("psnr", "cross", "t1")):
+    for key in (
+        retrieval_key(1, "T1w", "T2w"),
+        r2_key("kernel_ridge", "content", "content"),
+        image_key("psnr", "cross", "t1"),
+    ):
         assert np.isfinite(trained[key]["value"])
 
 
@@ -112,7 +116,10 @@ def test_prepares_raw_scans_and_places_the_outputs_over_them(demo_bundle, cohort
     for node in result["volumes"].values():
         assert node.GetTransformNodeID() == transform.GetID()
     for view in ("T1w", "T2w"):
-        truth = np.asarray(nib.load(raw / BRAIN_MASK / "sub-0001" / "anat" / f"sub-0001_space-{view}_mask.nii.gz").dataobj) > 0
+        truth = (
+            np.asarray(nib.load(raw / BRAIN_MASK / "sub-0001" / "anat" / f"sub-0001_space-{view}_mask.nii.gz").dataobj)
+            > 0
+        )
         found = analysis.brain_masks[view][0] > 0.5
         assert 2 * (truth & found).sum() / (truth.sum() + found.sum()) >= 0.95
     assert abs(analysis.content_cosine - reference.content_cosine) < 0.05

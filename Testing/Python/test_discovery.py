@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 from conftest import volume_path
 
-from MultiviewCRLLib.training.discovery import DiscoveryError, discover, discover_bids, discover_folders, discover_manifest
+from MultiviewCRLLib.training.discovery import (
+    DiscoveryError,
+    discover,
+    discover_bids,
+    discover_folders,
+    discover_manifest,
+)
 
 
 def copy_pair(cohort, subject, dest_t1, dest_t2):

@@ -75,7 +75,9 @@ def test_a_pair_is_called_swapped_only_when_both_views_look_like_the_other(check
 
     def at(view: str, level: float) -> np.ndarray:  # a latent of that view's atypicality ``level``
         gaussian = check.gaussians[view]
-        return gaussian.center + level * np.sqrt((len(gaussian.variances) + 1) * gaussian.variances[0]) * gaussian.axes[0]
+        return (
+            gaussian.center + level * np.sqrt((len(gaussian.variances) + 1) * gaussian.variances[0]) * gaussian.axes[0]
+        )
 
     assert min(check.atypicality_threshold.values()) > 1.2
     given = {"T1w": at("T1w", 1.0), "T2w": at("T2w", 1.0)}

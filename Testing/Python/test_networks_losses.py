@@ -128,7 +128,10 @@ def test_spatial_decoder_draws_a_smooth_field_from_the_style():
     _, decoder = build_networks(preset.model, preset.preprocessing.spatial_size)
     flat = torch.full((1, preset.model.map_channels, *preset.preprocessing.spatial_size), 1 / preset.model.map_channels)
     torch.manual_seed(0)
-    a, b = decoder.decode(flat, torch.randn(1, preset.model.style_dim)), decoder.decode(flat, torch.randn(1, preset.model.style_dim))
+    a, b = (
+        decoder.decode(flat, torch.randn(1, preset.model.style_dim)),
+        decoder.decode(flat, torch.randn(1, preset.model.style_dim)),
+    )
     difference = (a - b)[0, 0]
     assert difference.std() > 0  # the style alone changes the image, and not as a constant
     assert difference.diff(dim=0).abs().mean() < difference.abs().mean()  # smoothly across space

@@ -13,9 +13,9 @@ from MultiviewCRLLib.runtime.preparation import TEMPLATE_MASK, Template, load_te
 def oblique_affine() -> np.ndarray:
     angle = np.deg2rad(20)
     affine = np.eye(4)
-    affine[:3, :3] = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]) @ np.diag(
-        [1.0, 1.2, 3.0]
-    )
+    affine[:3, :3] = np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    ) @ np.diag([1.0, 1.2, 3.0])
     affine[:3, 3] = [-40.0, 12.0, 7.5]
     return affine
 
@@ -70,5 +70,7 @@ def test_a_second_view_that_does_not_align_with_the_first_is_refused_with_its_na
     template = load_bundle(tiny_run_dir / "bundle").template
     noise = np.random.default_rng(1).uniform(0, 1000, template.image.shape).astype(np.float32)
     given = {"T1w": (template.image, template.affine), "T2w": (noise, template.affine)}
-    with pytest.raises(AlignmentError, match=r"the T2w 'noise': registration to the T1w 'brain' diverged \(mutual information"):
+    with pytest.raises(
+        AlignmentError, match=r"the T2w 'noise': registration to the T1w 'brain' diverged \(mutual information"
+    ):
         prepare_pair(given, template, names={"T1w": "brain", "T2w": "noise"})

@@ -11,10 +11,10 @@ from scipy import ndimage
 
 import trainer_cli
 from MultiviewCRLLib.config import PRESETS
+from MultiviewCRLLib.training.atlas import mni_brain_template
 from MultiviewCRLLib.training.discovery import discover_bids
 from MultiviewCRLLib.training.prepared_cohort import prepare_cohort
 from MultiviewCRLLib.training.raw_scans import write_raw_cohort
-from MultiviewCRLLib.training.atlas import mni_brain_template
 
 
 @pytest.fixture(scope="module")

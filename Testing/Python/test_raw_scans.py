@@ -37,7 +37,10 @@ def test_the_head_surrounds_the_brain_and_each_view_has_its_own_grid(raw_cohort)
     t1, t2 = (nib.load(anat / f"sub-0001_{view}.nii.gz") for view in ("T1w", "T2w"))
     assert np.allclose(t1.header.get_zooms(), (1, 1, 1)) and np.allclose(t2.header.get_zooms(), T2W_VOXEL_MM)
     assert not np.allclose(t1.affine, t2.affine)
-    mask = np.asarray(nib.load(raw_cohort / BRAIN_MASK / "sub-0001" / "anat" / "sub-0001_space-T1w_mask.nii.gz").dataobj) > 0
+    mask = (
+        np.asarray(nib.load(raw_cohort / BRAIN_MASK / "sub-0001" / "anat" / "sub-0001_space-T1w_mask.nii.gz").dataobj)
+        > 0
+    )
     from scipy import ndimage
 
     scalp = ndimage.binary_dilation(mask, iterations=14) & ~ndimage.binary_dilation(mask, iterations=8)

@@ -76,8 +76,19 @@ def test_the_command_writes_the_aligned_scan_and_a_transform_itk_reads(misaligne
     for (array, affine), path in zip((fixed, moving), paths.values()):
         nib.save(nib.Nifti1Image(array, affine), path)
     out = tmp_path / "registered"
-    command = ["register", "--fixed", str(paths["fixed"]), "--moving", str(paths["moving"]),
-               "--bundle", str(SPATIAL_MODEL), "--out", str(out), "--device", "cpu"]
+    command = [
+        "register",
+        "--fixed",
+        str(paths["fixed"]),
+        "--moving",
+        str(paths["moving"]),
+        "--bundle",
+        str(SPATIAL_MODEL),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     assert trainer_cli.main(command) == 0
     transform = sitk.ReadTransform(str(out / "transform.tfm"))
     summary = json.loads((out / "registration.json").read_text())

@@ -8,9 +8,9 @@ import slicer.util
 import torch
 from conftest import volume_path
 
+from MultiviewCRLLib.config import PRESETS, PreprocessingConfig
 from MultiviewCRLLib.runtime.bundle import BundleError, load_bundle, save_bundle
 from MultiviewCRLLib.runtime.device import DeviceError
-from MultiviewCRLLib.config import PRESETS, PreprocessingConfig
 from MultiviewCRLLib.runtime.networks import Decoder, Encoder
 from MultiviewCRLLib.runtime.preprocessing import preprocess_file
 from MultiviewCRLLib.slicer_nodes import (

@@ -20,7 +20,18 @@ SLICER_PART = [
     *(LIBRARY / n for n in ("dependencies.py", "slicer_nodes.py")),
 ]
 TRAINING_EXTRAS = ("tqdm", "sklearn", "matplotlib", "tensorboard", "nilearn", "pandas")
-ALLOWED_TOP_LEVEL = {"torch", "monai", "nibabel", "numpy", "scipy", "SimpleITK", "slicer", "vtk", "packaging", "MultiviewCRLLib"}
+ALLOWED_TOP_LEVEL = {
+    "torch",
+    "monai",
+    "nibabel",
+    "numpy",
+    "scipy",
+    "SimpleITK",
+    "slicer",
+    "vtk",
+    "packaging",
+    "MultiviewCRLLib",
+}
 
 
 def imported_modules(path: Path, package: str | None = None) -> set[str]:
@@ -86,7 +97,9 @@ def test_module_run_path_without_training_extras(tmp_path):
         slicer.mrmlScene = scene = slicer.vtkMRMLScene()
         data = {str(ROOT / "Resources" / "TestData")!r}
         t1, t2 = (read_volume_node(f"{{data}}/synthetic_{{view}}.nii.gz", scene) for view in ("T1w", "T2w"))
-        result = analyse_nodes({str(ROOT / "Resources" / "Models" / "demo")!r}, t1, t2, "cpu", scene, BackgroundRunner())
+        result = analyse_nodes(
+            {str(ROOT / "Resources" / "Models" / "demo")!r}, t1, t2, "cpu", scene, BackgroundRunner()
+        )
         assert len(result["volumes"]) == 10, result["volumes"]
         assert result["analysis"].content_cosine > 0.5, result["analysis"].content_cosine
         assert result["transform"] is not None  # the raw pair was prepared
@@ -94,7 +107,9 @@ def test_module_run_path_without_training_extras(tmp_path):
         # training data, and the two one person.
         assert result["analysis"].check.figures
         assert result["analysis"].check.passed, result["analysis"].check.warnings
-        leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED or m.startswith("MultiviewCRLLib.training"))
+        leaked = sorted(
+            m for m in sys.modules if m.split(".")[0] in BLOCKED or m.startswith("MultiviewCRLLib.training")
+        )
         assert not leaked, leaked
         print("analysed", sorted(result["volumes"]))
         """

@@ -124,7 +124,9 @@ def test_same_arguments_give_identical_bytes(tmp_path):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "MultiviewCRLLib.training.synthetic", *args], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "MultiviewCRLLib.training.synthetic", *args], capture_output=True, text=True
+    )
 
 
 @pytest.mark.parametrize("count", ["0", "-4"])

@@ -17,13 +17,12 @@ import pytest
 import torch
 
 import trainer_cli
+from MultiviewCRLLib.config import PRESETS, VIEW_KEYS
 from MultiviewCRLLib.runtime.bundle import BundleError, load_bundle
-from MultiviewCRLLib.config import PRESETS
-from MultiviewCRLLib.config import VIEW_KEYS
-from MultiviewCRLLib.training.data import read_splits
-from MultiviewCRLLib.training.discovery import discover_bids
 from MultiviewCRLLib.runtime.networks import Encoder
 from MultiviewCRLLib.runtime.preprocessing import file_transforms
+from MultiviewCRLLib.training.data import read_splits
+from MultiviewCRLLib.training.discovery import discover_bids
 from MultiviewCRLLib.training.runs import RunError, RunRequest, train_run
 from MultiviewCRLLib.training.trainer import TrainingStopped, latest_checkpoint
 
@@ -55,7 +54,16 @@ def test_outputs_appear_on_schedule(tiny_run):
     train = PRESETS["tiny"].train
     rows = read_csv(run_dir / "Training.csv")
     assert [int(r["step"]) for r in rows] == list(range(train.log_every, STEPS + 1, train.log_every))
-    assert set(rows[0]) == {"step", "total", "contrastive", "reconstruction", "dense", "top1_retrieval", "lr", "seconds"}
+    assert set(rows[0]) == {
+        "step",
+        "total",
+        "contrastive",
+        "reconstruction",
+        "dense",
+        "top1_retrieval",
+        "lr",
+        "seconds",
+    }
     snapshots = list(range(train.image_every, STEPS + 1, train.image_every))
     for key in VIEW_KEYS:
         assert (run_dir / "images" / f"{key}_input.nii.gz").is_file()
