@@ -19,12 +19,12 @@ from MultiviewCRLLib.training.raw_scans import write_raw_cohort
 
 @pytest.fixture(scope="module")
 def raw_with_noise(cohort64, tmp_path_factory):
-    """Two raw-looking subjects and a third whose T1w is noise."""
-    raw = write_raw_cohort(cohort64, tmp_path_factory.mktemp("raw_cohort") / "raw", n_subjects=2, seed=2)
+    """A raw-looking subject and a second whose T1w is noise."""
+    raw = write_raw_cohort(cohort64, tmp_path_factory.mktemp("raw_cohort") / "raw", n_subjects=1, seed=2)
     anat = raw / "sub-0003" / "anat"
-    shutil.copytree(raw / "sub-0002" / "anat", anat)
+    shutil.copytree(raw / "sub-0001" / "anat", anat)
     for path in anat.iterdir():
-        path.rename(anat / path.name.replace("sub-0002", "sub-0003"))
+        path.rename(anat / path.name.replace("sub-0001", "sub-0003"))
     t1 = nib.load(anat / "sub-0003_T1w.nii.gz")
     noise = np.random.default_rng(0).uniform(0, 1000, t1.shape).astype(np.float32)
     nib.save(nib.Nifti1Image(noise, t1.affine), anat / "sub-0003_T1w.nii.gz")
@@ -35,7 +35,7 @@ def test_raw_pairs_are_prepared_once_onto_the_template_grid(raw_with_noise, tmp_
     template, threshold = mni_brain_template(), PRESETS["tiny"].preprocessing.mask_threshold
     report = discover_bids(raw_with_noise)
     prepared = prepare_cohort(report, tmp_path, template, threshold)
-    assert [p.subject for p in prepared.kept] == ["sub-0001", "sub-0002"]
+    assert [p.subject for p in prepared.kept] == ["sub-0001"]
     [failed] = prepared.rejected
     assert failed.subject == "sub-0003" and failed.file.endswith("sub-0003_T1w.nii.gz")
     assert "preparation failed" in failed.reason and "registration to the template diverged" in failed.reason
