@@ -4,7 +4,7 @@ throughput of each as a ratio to float32, its peak memory and its loss after N s
 
     python benchmarks/gpu_check.py [--presets seed spatial-seed] [--steps 20] [--device cuda]
 
-On a CPU with ``--presets tiny tiny-spatial`` it is the check the test suite runs; with
+On a CPU with ``--presets tiny-spatial --steps 2`` it is the check the test suite runs; with
 ``--presets tiny-spatial --steps 30 --device cpu`` its last column is the parity of bfloat16 and
 float32 training that the README quotes.
 """

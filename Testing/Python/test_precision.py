@@ -94,7 +94,7 @@ def read_rows(path) -> list[dict]:
 
 def test_a_float16_checkpoint_carries_the_scaler_and_resumes_to_the_same_log(tiny_run_and_request, tmp_path):
     _, request = tiny_run_and_request
-    amp = {"amp": True, "amp_dtype": "float16", "steps": 6, "log_every": 2, "checkpoint_every": 3}
+    amp = {"amp": True, "amp_dtype": "float16", "steps": 4, "log_every": 1, "checkpoint_every": 2}
     run = RunRequest(
         preset="tiny",
         model_id="fp16",
@@ -108,7 +108,7 @@ def test_a_float16_checkpoint_carries_the_scaler_and_resumes_to_the_same_log(tin
     state = torch.load(last, weights_only=True)
     assert state["scaler"]["scale"] > 0 and state["scaler"]["_growth_tracker"] >= 0
     copy = shutil.copytree(run_dir, tmp_path / "copy")
-    (copy / "checkpoints" / last.name).unlink()  # killed between the checkpoints at steps 3 and 6
+    (copy / "checkpoints" / last.name).unlink()  # killed between the checkpoints at steps 2 and 4
     train_run(RunRequest(data_root=request.data_root, evaluate=False), resume=copy)
     assert read_rows(copy / "Training.csv") == read_rows(run_dir / "Training.csv")
 
@@ -117,14 +117,14 @@ def test_the_gpu_check_runs_on_the_cpu_at_the_tiny_sizes(tmp_path):
     """benchmarks/gpu_check.py, as a GPU session would run it, at the tiny shapes: a line per preset
     and precision, with bfloat16 training within 5% of float32's loss."""
     script = ROOT / "benchmarks" / "gpu_check.py"
-    command = [sys.executable, str(script), "--presets", "tiny", "tiny-spatial", "--steps", "2", "--device", "cpu"]
+    command = [sys.executable, str(script), "--presets", "tiny-spatial", "--steps", "2", "--device", "cpu"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = re.findall(
         r"^\s*(tiny(?:-spatial)?)\s+(\w+) .*?([\d.]+) volumes/s.*\(([+-][\d.]+)% vs float32\)$", result.stdout, re.M
     )
     assert [(preset, dtype) for preset, dtype, _, _ in rows] == [
-        (preset, dtype) for preset in ("tiny", "tiny-spatial") for dtype in ("float32", "float16", "bfloat16")
+        ("tiny-spatial", dtype) for dtype in ("float32", "float16", "bfloat16")
     ]
     for _, dtype, volumes, gap in rows:
         assert float(volumes) > 0
