@@ -50,8 +50,7 @@ def data_seconds(preset, pairs, cache_root: Path, batches: int) -> tuple[float, 
 
 def step_phases(preset, pairs, run_dir: Path, device, steps: int, policy: Precision) -> dict[str, float]:
     """Seconds per step of forward (networks only), losses, backward and optimiser under ``policy``."""
-    dtype = {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[policy.dtype]
-    train = replace(preset.train, amp=policy.dtype is not None, amp_dtype=dtype)
+    train = replace(preset.train, amp=policy.dtype is not None, amp_dtype=policy.name)
     clock = PhaseClock(device)
     trainer = Trainer(
         run_dir, preset.model, preset.preprocessing, train, pairs, pairs[0], device=str(device), clock=clock
