@@ -6,7 +6,7 @@ Imports only the standard library, so both parts of the library (and the Slicer 
 """
 
 from .latent import LATENT_BLOCKS, split_latent
-from .metric_keys import image_key, r2_key, retrieval_key, view_accuracy_key
+from .metric_keys import image_key, metric, r2_key, retrieval_key, view_accuracy_key
 from .presets import DEMO_GRID, PRESETS, Preset
 from .settings import FAMILIES, CohortConfig, EvaluationConfig, ModelConfig, PreprocessingConfig, TrainConfig
 from .views import VIEW_KEYS, VIEW_NAMES, VIEWS, other_view, volume_words
@@ -26,6 +26,7 @@ __all__ = [
     "Preset",
     "TrainConfig",
     "image_key",
+    "metric",
     "other_view",
     "r2_key",
     "retrieval_key",

@@ -1,6 +1,17 @@
-"""Keys of metrics.json: the evaluation writes them; the report, the tests and the docs read them."""
+"""Keys and entries of metrics.json: the evaluation writes them; the report, the tests and the docs read them."""
 
 from __future__ import annotations
+
+import math
+
+
+def metric(value: float, definition: str, split: str = "test") -> dict:
+    """One metrics.json entry: the value (None when not finite), what it measures, and on which split."""
+    return {
+        "value": None if value is None or not math.isfinite(value) else float(value),
+        "definition": definition,
+        "split": split,
+    }
 
 
 def retrieval_key(top: int, source: str, target: str) -> str:

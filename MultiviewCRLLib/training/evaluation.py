@@ -23,6 +23,7 @@ from ..config import (
     VIEW_NAMES,
     EvaluationConfig,
     image_key,
+    metric,
     other_view,
     r2_key,
     retrieval_key,
@@ -36,14 +37,6 @@ from .encoding import Encoded, encode_cohort
 
 # z-scoring the intensities removes a global gain, so it cannot be recovered from any image.
 STYLE_FACTORS_REMOVED_BY_PREPROCESSING = ("gain",)
-
-
-def metric(value: float, definition: str, split: str = "test") -> dict:
-    return {
-        "value": None if value is None or not math.isfinite(value) else float(value),
-        "definition": definition,
-        "split": split,
-    }
 
 
 # --- probes ------------------------------------------------------------------------------------
