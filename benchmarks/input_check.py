@@ -1,7 +1,7 @@
 """How often the input check warns (or the analysis refuses), per kind of input, on a bundle's
 held-out test subjects.
 
-    python benchmarks/input_check.py [--bundle Resources/Models/demo] [--cohort data/synthetic-n600-s0-2mm]
+    python benchmarks/input_check.py [--bundle Resources/Models/demo] [--cohort data/synthetic-adni-n600-s0-2mm]
 
 Cases, each on every test subject (the cohort's test split with the run's seed):
 
@@ -67,7 +67,7 @@ def cases(t1, t2, next_t2, rng) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("Resources/Models/demo"))
-    parser.add_argument("--cohort", type=Path, default=Path("data/synthetic-n600-s0-2mm"))
+    parser.add_argument("--cohort", type=Path, default=Path("data/synthetic-adni-n600-s0-2mm"))
     parser.add_argument("--seed", type=int, default=0, help="the seed of the run that split the cohort")
     parser.add_argument("--raw", type=Path, help="raw-looking scans of test subjects (skull and scalp kept)")
     args = parser.parse_args()

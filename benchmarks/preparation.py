@@ -1,10 +1,10 @@
 """Scan preparation on raw-looking scans against their ground truth, and the model's figures on
 the prepared scans against the same subjects' clean scans.
 
-    python -m MultiviewCRLLib.training.raw_scans --cohort data/synthetic-n600-s0-2mm --out data/raw-test \\
+    python -m MultiviewCRLLib.training.raw_scans --cohort data/synthetic-adni-n600-s0-2mm --out data/raw-test \\
         --subjects 20 --split test
     python benchmarks/preparation.py [--bundle Resources/Models/demo] [--raw data/raw-test] \\
-        [--cohort data/synthetic-n600-s0-2mm]
+        [--cohort data/synthetic-adni-n600-s0-2mm]
 
 Per subject: brain-mask Dice of each view against the ground truth; alignment error (the mean
 distance, over the clean brain's voxels, between where the preparation and the known pose put
@@ -143,7 +143,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("Resources/Models/demo"))
     parser.add_argument("--raw", type=Path, default=Path("data/raw-test"))
-    parser.add_argument("--cohort", type=Path, default=Path("data/synthetic-n600-s0-2mm"))
+    parser.add_argument("--cohort", type=Path, default=Path("data/synthetic-adni-n600-s0-2mm"))
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
     if bundle.template is None:

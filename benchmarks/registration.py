@@ -2,7 +2,7 @@
 pairs with a known misalignment, and the content map's rotation equivariance.
 
     python benchmarks/registration.py --bundle Resources/Models/demo [--raw data/raw-test] \\
-        [--cohort data/synthetic-n600-s0-2mm] [--subjects 8] [--magnitudes 5 10 20 30] [--out results/registration]
+        [--cohort data/synthetic-adni-n600-s0-2mm] [--subjects 8] [--magnitudes 5 10 20 30] [--out results/registration]
 
 Each test subject's T2w is moved by a random rigid or affine transform of each magnitude (a
 rotation of that many degrees about a random axis through the brain's centre and a shift of as
@@ -237,7 +237,7 @@ def print_table(rows: list[dict], label: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("Resources/Models/demo"))
-    parser.add_argument("--cohort", type=Path, default=Path("data/synthetic-n600-s0-2mm"))
+    parser.add_argument("--cohort", type=Path, default=Path("data/synthetic-adni-n600-s0-2mm"))
     parser.add_argument(
         "--raw", type=Path, help="raw-looking scans of test subjects (training.raw_scans), also registered"
     )

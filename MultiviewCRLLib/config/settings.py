@@ -156,6 +156,7 @@ class CohortConfig:
     subjects: int = 64
     spacing_mm: float = 1.0
     seed: int = 0
+    design: str = "adni"  # "adni" (diagnosis and age drive the anatomy) or "independent" (factors.DESIGNS)
 
 
 @dataclass(frozen=True)

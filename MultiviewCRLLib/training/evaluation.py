@@ -32,6 +32,13 @@ from ..config import (
 )
 from ..runtime.bundle import Bundle
 from ..runtime.inference import cross_view_name, decode_views, encode_views
+from .clinical import (
+    TissueSplit,
+    cohort_labels,
+    cross_view_lesion_metrics,
+    diagnosis_metrics,
+    segmentation_metrics,
+)
 from .discovery import Pair
 from .encoding import Encoded, encode_cohort
 
@@ -423,6 +430,7 @@ def representation_metrics(
     """Probes, view accuracy, retrieval and DCI for one encoder's latents (``label`` names the progress bar)."""
     out = retrieval_and_view_metrics(val, test, content_dim)
     groups = factor_groups(test.pairs)
+    out.update(diagnosis_metrics(val, test, content_dim, groups and groups["content"]))
     if groups is None:
         return out | real_cohort_metrics(test, content_dim)
     per_factor, controls = factor_probes(val, test, content_dim, groups, probes, seed, label)
@@ -489,6 +497,14 @@ def evaluate(
     references = reference_volumes(test_pairs, prep)
     image_metrics, decoded = image_quality(bundle, images, device, references)
     metrics["trained"].update(image_metrics)
+    labels = [cohort_labels(pairs, prep) for pairs in (val_pairs, test_pairs)]
+    if labels[1] is not None:
+        test_tissues = TissueSplit(images, maps[1] if bundle.model.family == "spatial" else [], labels[1], test_pairs)
+        if references is not None:
+            metrics["trained"].update(cross_view_lesion_metrics(decoded, references, test_tissues))
+        if bundle.model.family == "spatial":
+            val_tissues = TissueSplit(val_images, maps[0], labels[0], val_pairs)
+            metrics["trained"].update(segmentation_metrics(val_tissues, test_tissues, labels[1][0].affine, seed))
     metrics["trained"].update(fused_reconstruction(bundle, images, device))
     torch.manual_seed(seed)
     untrained = build_networks(bundle.model, prep.spatial_size)[0].to(device)  # in eval mode, as initialised

@@ -13,7 +13,7 @@ Each subject's skull-stripped T1w and T2w get:
 Ground truth: each view's brain mask on its scan grid (``derivatives/brainmask``) and the pose
 (``poses.tsv``: the 4 x 4 matrix that maps the clean scan's world coordinates to the raw scan's).
 
-    python -m MultiviewCRLLib.training.raw_scans --cohort data/synthetic-n600-s0-2mm --out data/raw-test \\
+    python -m MultiviewCRLLib.training.raw_scans --cohort data/synthetic-adni-n600-s0-2mm --out data/raw-test \\
         --subjects 20 --split test
 """
 

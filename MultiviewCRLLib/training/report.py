@@ -40,6 +40,14 @@ HEADLINE = [
     ("view accuracy from content (chance 0.5)", view_accuracy_key("content")),
     ("PSNR self-reconstruction T1w / T2w (dB)", (image_key("psnr", "recon", "t1"), image_key("psnr", "recon", "t2"))),
     ("PSNR cross-view T1w / T2w (dB)", (image_key("psnr", "cross", "t1"), image_key("psnr", "cross", "t2"))),
+    (
+        "PSNR cross-view vs noise-free T1w / T2w (dB)",
+        (image_key("psnr", "cross_reference", "t1"), image_key("psnr", "cross_reference", "t2")),
+    ),
+    ("content map Dice GM, T1w / T2w", ("map_dice_GM_t1", "map_dice_GM_t2")),
+    ("3-class mixture Dice GM, T1w / T2w", ("mixture_dice_GM_t1", "mixture_dice_GM_t2")),
+    ("Alzheimer's vs normal AUROC, content T1w / T2w", ("diagnosis_auroc_t1", "diagnosis_auroc_t2")),
+    ("Alzheimer's vs normal AUROC, true factors", "diagnosis_auroc_ceiling"),
 ]
 
 

@@ -58,10 +58,13 @@ class RunRequest:
 
 def synthetic_cohort(data_root: Path, cohort: CohortConfig) -> Path:
     """The embedded cohort for a preset, built once and reused (it is written atomically)."""
-    folder = Path(data_root) / f"synthetic-n{cohort.subjects}-s{cohort.seed}-{cohort.spacing_mm:g}mm"
+    name = f"synthetic-{cohort.design}-n{cohort.subjects}-s{cohort.seed}-{cohort.spacing_mm:g}mm"
+    folder = Path(data_root) / name
     if not (folder / "participants.tsv").is_file():
         print(f"building the synthetic cohort ({cohort.subjects} subjects at {cohort.spacing_mm:g} mm) in {folder}")
-        generate_cohort(folder, cohort.subjects, cohort.seed, cohort.spacing_mm, show_progress=True)
+        generate_cohort(
+            folder, cohort.subjects, cohort.seed, cohort.spacing_mm, show_progress=True, design=cohort.design
+        )
     return folder
 
 

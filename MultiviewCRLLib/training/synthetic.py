@@ -36,9 +36,12 @@ from .atlas import TissueAtlas, load_tissue_atlas
 from .data import split_subjects
 from .factors import (
     BIAS_LENGTH_MM,
+    CLINICAL_NAMES,
     CONTENT_RANGES,
     DEFORM_AMPLITUDE_MM,
+    DESIGNS,
     LESION_VOLUME_ML,
+    VOLUME_NAMES,
     draw_design,
     factor_names,
     participants_sidecar,
@@ -54,6 +57,13 @@ TISSUES = {
     "lesion": (1100.0, 160.0, 0.85),
 }
 
+# Hippocampi in MNI space (mm) and the extent of medial temporal atrophy about them (Gaussian SD, mm).
+HIPPOCAMPI_MM = ((-26.0, -22.0, -14.0), (26.0, -22.0, -14.0))
+HIPPOCAMPUS_SD_MM = (6.0, 12.0, 7.0)
+# Grey matter within about this distance of CSF or the brain's edge is what atrophy turns to fluid.
+ATROPHY_REACH_MM = 2.0
+# The lateral ventricles' box in template space (mm): |x| < 25, -45 < y < 25, 0 < z < 35.
+VENTRICLE_BOX_MM = ((-25.0, 25.0), (-45.0, 25.0), (0.0, 35.0))
 LESION_BLOBS = 4
 LESION_CLUSTER_RADIUS_MM = 12.0
 REFERENCE_INTENSITY = 3000.0
@@ -67,6 +77,14 @@ def noise_free_reference(image: Path) -> Path | None:
     image = Path(image)
     reference = image.parents[2] / REFERENCE_DERIVATIVE / image.parents[1].name / "anat" / image.name
     return reference if reference.is_file() else None
+
+
+def tissue_labels(image: Path) -> Path | None:
+    """The tissue labels (DSEG_LABELS) of a cohort image ``<root>/sub-X/anat/sub-X_<view>.nii.gz``, if written."""
+    image = Path(image)
+    subject = image.parents[1].name
+    labels = image.parents[2] / "derivatives" / "tissues" / subject / "anat" / f"{subject}_dseg.nii.gz"
+    return labels if labels.is_file() else None
 
 
 def tissue_signal(tr_ms: float, te_ms: float) -> dict[str, float]:
@@ -97,7 +115,7 @@ class SubjectGenerator:
     """
 
     def __init__(self, template: TissueAtlas, spacing_mm: float):
-        self.template = template
+        self.template, self.spacing_mm = template, spacing_mm
         extent = np.array(template.maps.shape[1:]) * np.abs(np.diag(template.affine)[:3])
         self.shape = tuple(int(math.ceil(e / spacing_mm)) for e in extent)
         self.affine = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
@@ -160,12 +178,41 @@ class SubjectGenerator:
         offsets = rng.normal(scale=LESION_CLUSTER_RADIUS_MM / 2, size=(LESION_BLOBS, 3))
         return site + offsets
 
+    def atrophy(self, x: np.ndarray, gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, factors) -> np.ndarray:
+        """The grey matter (fraction per voxel) that atrophy turns to CSF: grey matter next to fluid
+        (sulci, the brain's edge), everywhere by ``cortical_atrophy`` and about the hippocampi by
+        ``medial_temporal_atrophy``. ``x``: (3, ...) template mm of each voxel."""
+        outside = np.clip(1.0 - gm - wm - csf, 0.0, 1.0)
+        fluid = ndimage.gaussian_filter(csf + outside, ATROPHY_REACH_MM / self.spacing_mm)
+        near_fluid = np.clip(2.0 * fluid, 0.0, 1.0)
+        sd = np.array(HIPPOCAMPUS_SD_MM, dtype=np.float32)[:, None, None, None]
+        medial = sum(
+            np.exp(-0.5 * np.sum(((x - np.array(c, dtype=np.float32)[:, None, None, None]) / sd) ** 2, axis=0))
+            for c in HIPPOCAMPI_MM
+        )
+        share = factors.get("cortical_atrophy", 0.0) * near_fluid + factors.get("medial_temporal_atrophy", 0.0) * medial
+        return gm * np.clip(share, 0.0, 0.95).astype(np.float32)
+
+    def volumes(self, tissues: dict[str, np.ndarray], x: np.ndarray) -> dict[str, float]:
+        """Tissue volumes (ml, ``VOLUME_NAMES``) of a subject's fractions in the computed box."""
+        ml = self.spacing_mm**3 / 1e3
+        box = np.ones(x.shape[1:], dtype=bool)
+        for d, (low, high) in enumerate(VENTRICLE_BOX_MM):
+            box &= (x[d] > low) & (x[d] < high)
+        sums = {name: float(tissues[key].sum() * ml) for name, key in zip(VOLUME_NAMES, ("GM", "WM", "CSF"))}
+        sums["ventricle_ml"] = float(tissues["CSF"][box].sum() * ml)
+        sums["lesion_ml"] = float(tissues["lesion"].sum() * ml)
+        return sums
+
     def tissues(self, factors: dict[str, float], lesion_centers: np.ndarray) -> dict[str, np.ndarray]:
-        """Tissue fractions in the computed box: GM, WM, CSF, lesion and their sum, the brain."""
+        """Tissue fractions in the computed box: GM, WM, CSF, lesion and their sum, the brain; and
+        "coordinates", the template mm (3, ...) each voxel samples."""
         x = self.template_coordinates(factors)
         affine = self.template.affine
         ijk = np.stack([(x[d] - np.float32(affine[d, 3])) / np.float32(affine[d, d]) for d in range(3)])
         gm, wm, csf = (ndimage.map_coordinates(m, ijk, order=1, mode="constant", cval=0.0) for m in self.template.maps)
+        lost = self.atrophy(x, gm, wm, csf, factors)
+        gm, csf = gm - lost, csf + lost
         volume_mm3 = 1e3 * (LESION_VOLUME_ML[0] + factors["lesion_load"] * (LESION_VOLUME_ML[1] - LESION_VOLUME_ML[0]))
         radius = (3.0 * volume_mm3 / (4.0 * math.pi * LESION_BLOBS)) ** (1.0 / 3.0)
         lesion = np.zeros_like(wm)
@@ -177,7 +224,7 @@ class SubjectGenerator:
             dist = np.sqrt(np.sum((x[(slice(None), *box)] - center[:, None, None, None]) ** 2, axis=0))
             lesion[box] = np.maximum(lesion[box], 1.0 / (1.0 + np.exp(dist - radius)))
         lesion *= wm
-        return {"GM": gm, "WM": wm - lesion, "CSF": csf, "lesion": lesion, "brain": gm + wm + csf}
+        return {"GM": gm, "WM": wm - lesion, "CSF": csf, "lesion": lesion, "brain": gm + wm + csf, "coordinates": x}
 
     def segmentation(self, tissues: dict[str, np.ndarray]) -> np.ndarray:
         """Hard tissue labels (DSEG_LABELS) on the full output grid: the dominant tissue of each brain voxel."""
@@ -238,6 +285,8 @@ def _generate_subject(job: tuple[int, int, str, dict[str, float], str]) -> dict[
     tissues = gen.tissues(design, centers)
     factors = {k: design[k] for k in CONTENT_RANGES if not k.startswith("lesion_site")}
     factors.update(zip(("lesion_x", "lesion_y", "lesion_z"), centers.mean(0).tolist()))
+    factors.update(gen.volumes(tissues, tissues["coordinates"]))
+    factors.update({k: design[k] for k in CLINICAL_NAMES if k in design})
     anat = Path(out_dir) / subject / "anat"
     anat.mkdir(parents=True, exist_ok=True)
     reference_dir = Path(out_dir) / REFERENCE_DERIVATIVE / subject / "anat"
@@ -265,15 +314,17 @@ def generate_cohort(
     spacing_mm: float = 1.0,
     workers: int | None = None,
     show_progress: bool = False,
+    design: str = "adni",
 ) -> Path:
-    """Write a complete BIDS dataset of ``n_subjects`` paired T1w/T2w subjects into ``out_dir``.
+    """Write a complete BIDS dataset of ``n_subjects`` paired T1w/T2w subjects into ``out_dir``,
+    their factors drawn by ``design`` (``factors.DESIGNS``: ADNI-shaped, or all independent).
 
     The dataset is written to a temporary sibling folder and moved into place only when complete,
     so an interrupted run never leaves a half-written cohort behind. ``show_progress``: a progress bar.
     """
     out_dir = Path(out_dir)
     with staged_folder(out_dir, replace=True) as staging:
-        designs = draw_design(n_subjects, seed)
+        designs = draw_design(n_subjects, seed, design)
         subjects = [f"sub-{i + 1:04d}" for i in range(n_subjects)]
         jobs = [(i, seed, subjects[i], designs[i], str(staging)) for i in range(n_subjects)]
         workers = workers or min(os.cpu_count() or 1, n_subjects)
@@ -286,12 +337,14 @@ def generate_cohort(
             rows = [_generate_subject(job) for job in tqdm(jobs, **progress)]
         splits = split_subjects(subjects, seed)
         content, style = factor_names()
-        columns = content + style["T1w"] + style["T2w"]
+        clinical = [c for c in CLINICAL_NAMES if c in rows[0]]
+        columns = clinical + content + list(VOLUME_NAMES) + style["T1w"] + style["T2w"]
         lines = ["\t".join(["participant_id", "split", *columns])]
         for subject, row in zip(subjects, rows):
-            lines.append("\t".join([subject, splits[subject], *(f"{row[c]:.6g}" for c in columns)]))
+            cells = (row[c] if isinstance(row[c], str) else f"{row[c]:.6g}" for c in columns)
+            lines.append("\t".join([subject, splits[subject], *cells]))
         (staging / "participants.tsv").write_text("\n".join(lines) + "\n")
-        (staging / "participants.json").write_text(json.dumps(participants_sidecar(), indent=2) + "\n")
+        (staging / "participants.json").write_text(json.dumps(participants_sidecar(design), indent=2) + "\n")
         description = {
             "Name": "MultiviewCRL synthetic paired T1w/T2w cohort",
             "BIDSVersion": "1.9.0",
@@ -299,7 +352,7 @@ def generate_cohort(
             "GeneratedBy": [
                 {
                     "Name": "MultiviewCRLLib.training.synthetic",
-                    "Description": f"subjects={n_subjects} seed={seed} spacing_mm={spacing_mm}",
+                    "Description": f"subjects={n_subjects} seed={seed} spacing_mm={spacing_mm} design={design}",
                 }
             ],
             "SourceDatasets": [{"Description": "MNI ICBM152 2009a nonlinear symmetric template (nilearn)"}],
@@ -345,6 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the factors, noise and splits (default 0)")
     parser.add_argument("--spacing", type=float, default=1.0, help="voxel size in mm (default 1, the template grid)")
     parser.add_argument("--workers", type=int, default=None, help="parallel processes (default: one per core)")
+    parser.add_argument(
+        "--design",
+        choices=DESIGNS,
+        default="adni",
+        help="adni: diagnosis and age drive atrophy, ventricles and lesions; independent: every factor uniform",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     args = parser.parse_args(argv)
     if args.subjects < 1:
@@ -357,7 +416,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seed must be non-negative, got {args.seed}")
     _check_output(parser, args.out, args.overwrite)
     try:
-        generate_cohort(args.out, args.subjects, args.seed, args.spacing, args.workers, show_progress=True)
+        generate_cohort(
+            args.out, args.subjects, args.seed, args.spacing, args.workers, show_progress=True, design=args.design
+        )
     except OSError as err:
         print(f"error: could not write the cohort to {args.out}: {err}", file=sys.stderr)
         return 2

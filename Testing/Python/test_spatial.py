@@ -56,6 +56,11 @@ def test_spatial_bundle_and_its_evaluation(spatial_run):
         r2_key("ridge", "content", "content"),
     ):
         assert np.isfinite(trained[key]["value"]), key
+    # The content map scored as a segmentation, beside the Gaussian-mixture baseline.
+    for key in ("map_dice_GM_t1", "map_dice_WM_t2", "mixture_dice_GM_t1", "map_label_agreement_dice"):
+        assert 0.0 <= trained[key]["value"] <= 1.0, key
+    assert trained["mixture_dice_WM_t1"]["value"] > 0.5
+    assert np.isfinite(trained["map_ventricle_volume_r2_t1"]["value"])
 
 
 def test_spatial_analysis_shows_content_maps(spatial_run, cohort_1mm):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from MultiviewCRLLib.training import synthetic
+from MultiviewCRLLib.training import factors, synthetic
 from MultiviewCRLLib.training.montage import write_montage
 
 LABELS = {name: index for index, name in synthetic.DSEG_LABELS.items()}
@@ -35,7 +35,9 @@ def test_bids_layout_and_factor_table(cohort64):
     rows = read_participants(cohort64)
     content, style = synthetic.factor_names()
     assert len(rows) == 64
-    assert set(rows[0]) == {"participant_id", "split", *content, *style["T1w"], *style["T2w"]}
+    columns = {"participant_id", "split", *factors.CLINICAL_NAMES, *content, *factors.VOLUME_NAMES}
+    assert set(rows[0]) == columns | {*style["T1w"], *style["T2w"]}
+    assert {r["diagnosis"] for r in rows} == {"CN", "MCI", "AD"}
     assert {r["split"] for r in rows} == {"train", "val", "test"}
     assert len({r["participant_id"] for r in rows}) == 64  # each subject in exactly one split
     assert (cohort64 / "dataset_description.json").is_file()
@@ -71,7 +73,7 @@ def test_tissue_contrast_in_every_subject(cohort64, index):
 
 def test_content_factors_act(cohort64):
     rows = read_participants(cohort64)
-    brain_volume, ventricle_ratio, lesion_volume = [], [], []
+    brain_volume, ventricle_ratio, ventricle_voxels, lesion_volume = [], [], [], []
     for row in rows:
         subject = row["participant_id"]
         labels = load_labels(cohort64, subject)
@@ -85,15 +87,85 @@ def test_content_factors_act(cohort64):
         rel = (mm - centre) / float(row["brain_scale"])
         central = (np.abs(rel[:, 0]) < 25) & (np.abs(rel[:, 1] - 10) < 30) & (np.abs(rel[:, 2] - 6) < 16)
         ventricle_ratio.append(central.sum() / brain.sum())
+        ventricle_voxels.append(central.sum())
         lesion_volume.append((labels == LABELS["lesion"]).sum())
 
     def factor(name):
         return np.array([float(r[name]) for r in rows])
 
+    def explained(measured, names):
+        """R² and coefficients of a least-squares line from the named factors to a measurement: the
+        ADNI design drives several factors together, so each is read with the others held."""
+        x = np.column_stack([factor(n) for n in names] + [np.ones(len(rows))])
+        coefficients, *_ = np.linalg.lstsq(x, measured, rcond=None)
+        residual = measured - x @ coefficients
+        return 1 - residual.var() / np.var(measured), coefficients
+
     r_scale = np.corrcoef(brain_volume, factor("brain_scale") ** 3)[0, 1]
-    r_ventricles = np.corrcoef(ventricle_ratio, factor("ventricle_enlargement"))[0, 1]
-    r_lesions = np.corrcoef(lesion_volume, factor("lesion_load"))[0, 1]
-    assert r_scale > 0.9 and r_ventricles > 0.9 and r_lesions > 0.9, (r_scale, r_ventricles, r_lesions)
+    assert r_scale > 0.9, r_scale
+    r2, (enlargement, atrophy, *_) = explained(
+        np.array(ventricle_ratio), ["ventricle_enlargement", "cortical_atrophy", "brain_scale"]
+    )
+    assert r2 > 0.9 and enlargement > 0 and atrophy > 0, (r2, enlargement, atrophy)
+    r2, (load, *_) = explained(np.array(lesion_volume, dtype=float), ["lesion_load", "brain_scale"])
+    assert r2 > 0.75 and load > 0, (r2, load)
+    # The generator's own volumes agree with the labels it wrote.
+    assert np.corrcoef(factor("lesion_ml"), lesion_volume)[0, 1] > 0.95
+    r_ventricles = np.corrcoef(factor("ventricle_ml"), ventricle_voxels)[0, 1]
+    assert r_ventricles > 0.8, r_ventricles
+
+
+def test_adni_design_groups_and_ages():
+    rows = factors.draw_design(600, seed=0)
+    groups = np.array([r["diagnosis"] for r in rows])
+    for group, share in factors.DIAGNOSES.items():
+        assert abs((groups == group).sum() - share * 600) <= 1, group
+    ages = np.array([r["age"] for r in rows])
+    assert factors.AGE_RANGE[0] <= ages.min() and ages.max() <= factors.AGE_RANGE[1]
+    assert abs(ages.mean() - factors.AGE_MEAN) < 1.0
+
+    def mean(name, group):
+        return np.mean([r[name] for r in rows if r["diagnosis"] == group])
+
+    for name in ("ventricle_enlargement", "cortical_atrophy", "medial_temporal_atrophy"):
+        assert mean(name, "CN") < mean(name, "MCI") < mean(name, "AD"), name
+    lesions = np.array([r["lesion_load"] for r in rows])
+    assert np.corrcoef(ages, lesions)[0, 1] > 0.4
+    # Scanner, sequence and head size stay independent of group, as sites are in a well-run study.
+    is_ad = (groups == "AD").astype(float)
+    _, style = synthetic.factor_names()
+    for name in ["brain_scale", "deform_1", *style["T1w"], *style["T2w"]]:
+        assert abs(np.corrcoef(is_ad, [r[name] for r in rows])[0, 1]) < 0.15, name
+
+
+def test_independent_design_has_no_groups():
+    rows = factors.draw_design(200, seed=0, design="independent")
+    assert "diagnosis" not in rows[0] and "age" not in rows[0]
+    content, _ = synthetic.factor_names()
+    names = [n for n in content if n in synthetic.CONTENT_RANGES]
+    table = np.array([[r[n] for n in names] for r in rows])
+    correlations = np.corrcoef(table.T)[np.triu_indices(len(names), 1)]
+    assert np.abs(correlations).max() < 0.2
+    with pytest.raises(ValueError, match="adni, independent"):
+        factors.draw_design(10, seed=0, design="adni-like")
+
+
+def test_atrophy_turns_grey_matter_into_csf():
+    generator = synthetic.SubjectGenerator(synthetic.load_tissue_atlas(), spacing_mm=4.0)
+    base = factors.draw_design(1, seed=0, design="independent")[0]
+    volumes = {}
+    for name in ("none", "cortical_atrophy", "medial_temporal_atrophy"):
+        design = dict(base, cortical_atrophy=0.0, medial_temporal_atrophy=0.0)
+        if name != "none":
+            design[name] = 0.5
+        tissues = generator.tissues(design, generator.lesion_centers(design, np.random.default_rng(0)))
+        volumes[name] = generator.volumes(tissues, tissues["coordinates"])
+    for name in ("cortical_atrophy", "medial_temporal_atrophy"):
+        lost = volumes["none"]["gm_ml"] - volumes[name]["gm_ml"]
+        assert lost > 2.0, (name, lost)
+        assert volumes[name]["csf_ml"] - volumes["none"]["csf_ml"] == pytest.approx(lost, rel=1e-3)
+        assert volumes[name]["wm_ml"] == pytest.approx(volumes["none"]["wm_ml"])
+    assert volumes["none"]["gm_ml"] - volumes["cortical_atrophy"]["gm_ml"] > 40  # about a tenth of the cortex
 
 
 def test_style_independent_of_content(cohort64):
