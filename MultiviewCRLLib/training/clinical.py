@@ -173,7 +173,11 @@ class TissueSplit:
     labels: list[torch.Tensor]
     pairs: list[Pair]
 
-    def volume_truth(self, name: str) -> np.ndarray:
+    def volume_truth(self, name: str) -> np.ndarray | None:
+        """The generator's volume ``name`` (ml) per subject; None for a cohort without that column
+        (one written before the cohort recorded volumes)."""
+        if not all(name in p.labels for p in self.pairs):
+            return None
         return np.array([float(p.labels[name]) for p in self.pairs])
 
 
@@ -183,7 +187,7 @@ def segmentation_metrics(val: TissueSplit, test: TissueSplit, affine: np.ndarray
     out = {}
     segmentations = {}
     box = ventricle_box(test.labels[0].shape, affine)
-    ml = float(np.prod(np.abs(np.linalg.eigvals(np.asarray(affine)[:3, :3])))) / 1e3
+    ml = float(abs(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1e3
     lesion_voxels = np.array([(label == TISSUES["lesion"]).sum().item() for label in test.labels])
     loaded = lesion_voxels > np.median(lesion_voxels)
     for key in VIEW_KEYS:
@@ -208,6 +212,8 @@ def segmentation_metrics(val: TissueSplit, test: TissueSplit, affine: np.ndarray
                     value, f"Dice of {tissue} from a 3-class Gaussian mixture on the {view}'s brain intensities"
                 )
         for name, tissue, region in (("ventricle_ml", "CSF", box), ("lesion_ml", "lesion", None)):
+            if test.volume_truth(name) is None or val.volume_truth(name) is None:
+                continue
             estimates = []
             for split in (val, test):
                 fractions = [tissue_fractions(m[key], named, TISSUES[tissue]) for m in split.maps]
@@ -228,7 +234,8 @@ def cross_view_lesion_metrics(decoded: list[dict], references: list[dict], test:
     """Per target view, the lesion-to-white-matter contrast of each cross-view image over the
     noise-free target's, for test subjects with lesions."""
     out = {}
-    with_lesions = test.volume_truth("lesion_ml") >= LESION_SUBJECT_ML
+    ml = float(abs(np.linalg.det(np.asarray(test.labels[0].affine)[:3, :3]))) / 1e3
+    with_lesions = [ml * float((labels == TISSUES["lesion"]).sum()) >= LESION_SUBJECT_ML for labels in test.labels]
     for key in VIEW_KEYS:
         ratios = [
             lesion_contrast(d[f"cross_{key}"], labels) / lesion_contrast(r[key], labels)
@@ -238,7 +245,7 @@ def cross_view_lesion_metrics(decoded: list[dict], references: list[dict], test:
         out[f"cross_lesion_contrast_kept_{key}"] = metric(
             float(np.nanmean(ratios)) if ratios else None,
             f"lesion-to-WM contrast of the cross-view {VIEW_NAMES[key]} over the noise-free reference's "
-            f"(subjects with ≥ {LESION_SUBJECT_ML:g} ml of lesion)",
+            f"(subjects with ≥ {LESION_SUBJECT_ML:g} ml of lesion on the model grid)",
         )
     return out
 
