@@ -9,6 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+# The lateral ventricles' box in template (MNI) space, mm per axis; cortical CSF lies outside it.
+VENTRICLE_BOX_MM = ((-25.0, 25.0), (-45.0, 25.0), (0.0, 35.0))
+
 
 @dataclass(frozen=True)
 class TissueAtlas:
@@ -41,8 +44,7 @@ def load_tissue_atlas() -> TissueAtlas:
     brain_center = to_mm(np.argwhere(brain > 0.5).mean(0))
     ijk = np.argwhere(csf > 0.8)
     mm = to_mm(ijk)
-    # Lateral ventricles: the CSF in the central box of MNI space (cortical CSF lies outside it).
-    central = (np.abs(mm[:, 0]) < 25) & (mm[:, 1] > -45) & (mm[:, 1] < 25) & (mm[:, 2] > 0) & (mm[:, 2] < 35)
+    central = np.all([(mm[:, d] > low) & (mm[:, d] < high) for d, (low, high) in enumerate(VENTRICLE_BOX_MM)], axis=0)
     ventricle_center = mm[central].mean(0)
     deep = np.argwhere(ndimage.binary_erosion(wm > 0.95, iterations=3))
     return TissueAtlas(maps, affine, brain_center, ventricle_center, to_mm(deep))

@@ -39,9 +39,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..config import VIEW_KEYS, VIEW_NAMES, PreprocessingConfig, metric
+from .atlas import VENTRICLE_BOX_MM
 from .discovery import Pair
 from .encoding import Encoded
-from .synthetic import DSEG_LABELS, VENTRICLE_BOX_MM, tissue_labels
+from .synthetic import DSEG_LABELS, tissue_labels
 
 TISSUES = {name: index for index, name in DSEG_LABELS.items() if name != "background"}  # CSF, GM, WM, lesion
 # A three-class mixture's components in order of mean intensity, per view's contrast.
@@ -136,6 +137,11 @@ def ventricle_box(shape, affine: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(inside.reshape(shape))
 
 
+def voxel_ml(affine) -> float:
+    """The volume of one voxel of a grid with this 4 x 4 affine, in ml."""
+    return float(abs(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1e3
+
+
 def calibrated_r2(estimate_val, truth_val, estimate_test, truth_test) -> float:
     """R² on test of a straight line from an estimate to the truth, fitted on validation."""
     line = LinearRegression().fit(np.reshape(estimate_val, (-1, 1)), truth_val)
@@ -187,7 +193,7 @@ def segmentation_metrics(val: TissueSplit, test: TissueSplit, affine: np.ndarray
     out = {}
     segmentations = {}
     box = ventricle_box(test.labels[0].shape, affine)
-    ml = float(abs(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1e3
+    ml = voxel_ml(affine)
     lesion_voxels = np.array([(label == TISSUES["lesion"]).sum().item() for label in test.labels])
     loaded = lesion_voxels > np.median(lesion_voxels)
     for key in VIEW_KEYS:
@@ -234,7 +240,7 @@ def cross_view_lesion_metrics(decoded: list[dict], references: list[dict], test:
     """Per target view, the lesion-to-white-matter contrast of each cross-view image over the
     noise-free target's, for test subjects with lesions."""
     out = {}
-    ml = float(abs(np.linalg.det(np.asarray(test.labels[0].affine)[:3, :3]))) / 1e3
+    ml = voxel_ml(test.labels[0].affine)
     with_lesions = [ml * float((labels == TISSUES["lesion"]).sum()) >= LESION_SUBJECT_ML for labels in test.labels]
     for key in VIEW_KEYS:
         ratios = [

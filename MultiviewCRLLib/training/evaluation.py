@@ -497,14 +497,15 @@ def evaluate(
     references = reference_volumes(test_pairs, prep)
     image_metrics, decoded = image_quality(bundle, images, device, references)
     metrics["trained"].update(image_metrics)
-    labels = [cohort_labels(pairs, prep) for pairs in (val_pairs, test_pairs)]
-    if labels[1] is not None:
-        test_tissues = TissueSplit(images, maps[1] if bundle.model.family == "spatial" else [], labels[1], test_pairs)
+    test_labels = cohort_labels(test_pairs, prep)
+    if test_labels is not None:
+        spatial = bundle.model.family == "spatial"
+        test_tissues = TissueSplit(images, maps[1] if spatial else [], test_labels, test_pairs)
         if references is not None:
             metrics["trained"].update(cross_view_lesion_metrics(decoded, references, test_tissues))
-        if bundle.model.family == "spatial":
-            val_tissues = TissueSplit(val_images, maps[0], labels[0], val_pairs)
-            metrics["trained"].update(segmentation_metrics(val_tissues, test_tissues, labels[1][0].affine, seed))
+        if spatial:  # only maps are named after tissues, on the validation subjects' labels
+            val_tissues = TissueSplit(val_images, maps[0], cohort_labels(val_pairs, prep), val_pairs)
+            metrics["trained"].update(segmentation_metrics(val_tissues, test_tissues, test_labels[0].affine, seed))
     metrics["trained"].update(fused_reconstruction(bundle, images, device))
     torch.manual_seed(seed)
     untrained = build_networks(bundle.model, prep.spatial_size)[0].to(device)  # in eval mode, as initialised

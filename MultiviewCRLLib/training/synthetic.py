@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ..config import VIEWS
 from ..runtime.storage import nifti_image, probe_writable, staged_folder
-from .atlas import TissueAtlas, load_tissue_atlas
+from .atlas import VENTRICLE_BOX_MM, TissueAtlas, load_tissue_atlas
 from .data import split_subjects
 from .factors import (
     BIAS_LENGTH_MM,
@@ -62,8 +62,6 @@ HIPPOCAMPI_MM = ((-26.0, -22.0, -14.0), (26.0, -22.0, -14.0))
 HIPPOCAMPUS_SD_MM = (6.0, 12.0, 7.0)
 # Grey matter within about this distance of CSF or the brain's edge is what atrophy turns to fluid.
 ATROPHY_REACH_MM = 2.0
-# The lateral ventricles' box in template space (mm): |x| < 25, -45 < y < 25, 0 < z < 35.
-VENTRICLE_BOX_MM = ((-25.0, 25.0), (-45.0, 25.0), (0.0, 35.0))
 LESION_BLOBS = 4
 LESION_CLUSTER_RADIUS_MM = 12.0
 REFERENCE_INTENSITY = 3000.0
