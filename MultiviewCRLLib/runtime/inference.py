@@ -19,6 +19,7 @@ from ..config import VIEWS, other_view, volume_words
 from .bundle import Bundle
 from .control import CancelToken
 from .input_check import CheckReport, mask_volume_ml
+from .precision import inference_precision
 from .preparation import BrainMaskError, mask_problem, prepare_pair, to_scanner_range
 from .preprocessing import preprocess_array
 from .strata import stratum_embedding
@@ -42,27 +43,29 @@ def synthesis_styles(bundle: Bundle, latents: dict[str, torch.Tensor], target: s
     return bundle.style_means[target].to(next(iter(latents.values())).device)[None]
 
 
-@torch.no_grad()
 def encode_views(bundle: Bundle, images: dict[str, torch.Tensor]) -> tuple[dict, dict]:
     """Latents {view: (B, latent_dim)} and contents {view: what the decoder takes: (B, content_dim)
-    in the global family, the content map (B, K, X, Y, Z) in the spatial one} of (B, 1, X, Y, Z) images."""
-    encoded = {view: bundle.encoder(x, with_content=True, views=VIEWS.index(view)) for view, x in images.items()}
-    return {v: z for v, (z, _) in encoded.items()}, {v: c for v, (_, c) in encoded.items()}
+    in the global family, the content map (B, K, X, Y, Z) in the spatial one} of (B, 1, X, Y, Z)
+    images, in float32, computed under the inference precision policy."""
+    with inference_precision(bundle.encoder):
+        encoded = {view: bundle.encoder(x, with_content=True, views=VIEWS.index(view)) for view, x in images.items()}
+    return {v: z.float() for v, (z, _) in encoded.items()}, {v: c.float() for v, (_, c) in encoded.items()}
 
 
-@torch.no_grad()
 def decode_views(bundle: Bundle, latents: dict, contents: dict) -> dict[str, torch.Tensor]:
     """Every decoding of the given views, (B, 1, X, Y, Z) each: "<view> reconstruction" from its own
     content and style, and the cross-view image "<source>→<target>" from the source's content with
-    the target's style (the cohort's mean style when the target is missing)."""
+    the target's style (the cohort's mean style when the target is missing); float32, computed under
+    the inference precision policy."""
     decoder, model = bundle.decoder, bundle.model
-    out = {f"{v} reconstruction": decoder.decode(contents[v], model.style(latents[v])) for v in latents}
-    for target in VIEWS:
-        source = other_view(target)
-        if source in latents:
-            style = synthesis_styles(bundle, latents, target)
-            out[cross_view_name(source, target)] = decoder.decode(contents[source], style)
-    return out
+    with inference_precision(decoder):
+        out = {f"{v} reconstruction": decoder.decode(contents[v], model.style(latents[v])) for v in latents}
+        for target in VIEWS:
+            source = other_view(target)
+            if source in latents:
+                style = synthesis_styles(bundle, latents, target)
+                out[cross_view_name(source, target)] = decoder.decode(contents[source], style)
+    return {name: image.float() for name, image in out.items()}
 
 
 @dataclass
@@ -205,10 +208,11 @@ def as_other_view_latents(bundle: Bundle, images: dict[str, torch.Tensor]) -> di
     (the global family: its own latents stand for them)."""
     if bundle.model.family != "spatial":
         return None
-    return {
-        view: bundle.encoder(x, views=VIEWS.index(other_view(view))).double().cpu().numpy()
-        for view, x in images.items()
-    }
+    with inference_precision(bundle.encoder):
+        return {
+            view: bundle.encoder(x, views=VIEWS.index(other_view(view))).double().cpu().numpy()
+            for view, x in images.items()
+        }
 
 
 def describe_stratum(bundle: Bundle, latents: dict[str, torch.Tensor]) -> str:

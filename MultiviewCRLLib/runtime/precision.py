@@ -1,5 +1,5 @@
 """One precision policy for every device: training, evaluation, registration maps and the Slicer
-analysis all ask it how to run their networks.
+analysis all ask it how to run their networks (inference through :func:`inference_precision`).
 
 - CUDA: autocast in float16 with a GradScaler (or bfloat16, which needs none), channels-last 3D.
 - A CPU with native bfloat16 (AVX512-BF16 or AMX): autocast in bfloat16, channels-last 3D.
@@ -11,9 +11,10 @@ Losses are always computed in float32 (the BaurLoss sums about a million voxels;
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+from torch import nn
 
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Channels-last 3D under CPU bfloat16: set by benchmarks/training_step.py's comparison of both layouts.
@@ -85,3 +86,19 @@ def precision_policy(device: torch.device, mixed: bool = True, dtype: str | None
             return Precision(device)
     fast_layout = device.type == "cuda" or (native_bf16 and dtype == "bfloat16" and CPU_CHANNELS_LAST)
     return Precision(device, DTYPES[dtype], channels_last=fast_layout)
+
+
+def inference_policy(device: torch.device) -> Precision:
+    """The policy networks run under when nothing is trained: the device's low precision, with
+    contiguous tensors (without gradients, channels-last was the slower layout under CPU bfloat16:
+    ``benchmarks/training_step.py --inference``), so bundle weights keep the layout they load in."""
+    return replace(precision_policy(device), channels_last=False)
+
+
+@contextlib.contextmanager
+def inference_precision(module: nn.Module):
+    """No gradients, and the autocast of :func:`inference_policy` for the device ``module``'s
+    weights are on. What runs inside returns low-precision tensors; callers keep float32 results."""
+    device = next(module.parameters()).device
+    with torch.no_grad(), inference_policy(device).autocast():
+        yield

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..config import VIEW_KEYS
+from ..runtime.precision import inference_precision
 from .data import paired_dataset, plain_collate
 from .discovery import Pair
 
@@ -25,17 +26,18 @@ class Encoded:
     t2: np.ndarray
 
 
-@torch.no_grad()
 def encode_cohort(encoder, pairs: list[Pair], preprocessing, cache_root, device, with_images: bool = False):
-    """Latents (and, optionally, the preprocessed volumes and masks) of both views of each pair."""
+    """Latents (and, optionally, the preprocessed volumes and masks) of both views of each pair,
+    encoded under the inference precision policy."""
     encoder.eval()
     dataset = paired_dataset(pairs, preprocessing, cache_root)
     latents = {key: [] for key in VIEW_KEYS}
     images = []
     for start in range(0, len(dataset), 8):
         batch = plain_collate([dataset[i] for i in range(start, min(start + 8, len(dataset)))])
-        for key in VIEW_KEYS:
-            latents[key].append(encoder(batch[key].to(device), views=VIEW_KEYS.index(key)).float().cpu())
+        with inference_precision(encoder):
+            for key in VIEW_KEYS:
+                latents[key].append(encoder(batch[key].to(device), views=VIEW_KEYS.index(key)).float().cpu())
         if with_images:
             images += [{k: batch[k][i, 0] for k in ("t1", "t2", "mask_t1", "mask_t2")} for i in range(len(batch["t1"]))]
     out = Encoded(pairs, *(torch.cat(latents[k]).numpy() for k in VIEW_KEYS))

@@ -32,6 +32,7 @@ from ..config import (
 )
 from ..runtime.bundle import Bundle
 from ..runtime.inference import cross_view_name, decode_views, encode_views
+from ..runtime.precision import inference_precision
 from .clinical import (
     TissueSplit,
     cohort_labels,
@@ -205,12 +206,14 @@ def image_quality(bundle: Bundle, images: list[dict], device, references: list[d
             target, source = VIEW_NAMES[key], VIEW_NAMES[other_view(key)]
             alone = decode_views(bundle, {source: latents[source]}, {source: contents[source]})
             style = model.style(latents[target])
+            with inference_precision(decoder):
+                other_content = decoder.decode(contents[source].roll(1, dims=0), style)
             outputs = {
                 "recon": both[f"{target} reconstruction"],
                 "cross": both[cross_view_name(source, target)],
                 "cross_meanstyle": alone[cross_view_name(source, target)],
                 "cross_ownstyle": both[f"{source} reconstruction"],
-                "cross_othercontent": decoder.decode(contents[source].roll(1, dims=0), style),
+                "cross_othercontent": other_content,
             }
             for kind, volume in outputs.items():
                 decoded[f"{kind}_{key}"].append(volume[:, 0].float().cpu())
@@ -256,7 +259,8 @@ def fused_reconstruction(bundle: Bundle, images: list[dict], device) -> dict:
     for chunk, (latents, contents) in encoded_chunks(bundle, images, device):
         fused_content = torch.stack([contents[v] for v in VIEW_NAMES.values()]).mean(0)
         for key, view in VIEW_NAMES.items():
-            decoded = bundle.decoder.decode(fused_content, model.style(latents[view]))[:, 0].float().cpu()
+            with inference_precision(bundle.decoder):
+                decoded = bundle.decoder.decode(fused_content, model.style(latents[view]))[:, 0].float().cpu()
             for volume, item in zip(decoded, chunk):
                 inside, target = item[f"mask_{key}"] > 0.5, item[key]
                 errors[key].append((volume - target)[inside].pow(2).mean().item())

@@ -66,15 +66,28 @@ class BaurLoss(nn.Module):
             return (self.l1(a, b) + self.l2(a, b)).mean()
 
 
-def box_mean(x: torch.Tensor, size: int) -> torch.Tensor:
-    """The mean over a ``size``-voxel cube about each voxel, zeros beyond the edges: (B, C, X, Y, Z)
-    in, the same shape out. Three 1-D means, one per axis: the same as one 3-D mean, at 3 * size
-    instead of size**3 reads a voxel."""
-    for axis in range(3):
-        kernel = [1, 1, 1]
-        kernel[axis] = size
-        x = F.avg_pool3d(x, kernel, stride=1, padding=[k // 2 for k in kernel])
-    return x
+def box_means_at(x: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """The mean over a ``size``-voxel cube about each of the ``index`` (B, N) voxels (flat indices
+    into X * Y * Z) of ``x`` (B, C, X, Y, Z), zeros beyond the edges: (B, C, N).
+
+    Read from the volume's summed-area table (eight corners a cube), in float32: a dense pooled
+    copy of the map is never made, for the few hundred voxels a loss samples.
+    """
+    _, channels, *shape = x.shape
+    table = F.pad(x.float(), (1, 0, 1, 0, 1, 0))
+    for axis in (2, 3, 4):
+        table = table.cumsum(axis)
+    table = table.flatten(2)
+    coordinates = (index // (shape[1] * shape[2]), index // shape[2] % shape[1], index % shape[2])
+    half = size // 2
+    bounds = [((c - half).clamp(0, n), (c + half + 1).clamp(0, n)) for c, n in zip(coordinates, shape)]
+    total = 0.0
+    for corner in range(8):
+        picked = [bounds[axis][corner >> axis & 1] for axis in range(3)]
+        sign = (-1) ** (3 - sum(corner >> axis & 1 for axis in range(3)))
+        flat = (picked[0] * (shape[1] + 1) + picked[1]) * (shape[2] + 1) + picked[2]
+        total = total + sign * torch.gather(table, 2, flat[:, None].expand(-1, channels, -1))
+    return total / size**3
 
 
 class DenseInfoNCE(nn.Module):
@@ -96,9 +109,9 @@ class DenseInfoNCE(nn.Module):
 
     def features(self, content_map: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """(B * N, features) unit vectors at the ``index`` (B, N) voxels of a map (B, K, X, Y, Z)."""
-        scales = [content_map] + [box_mean(content_map, k) for k in (3, 7)]
         at = index[:, None].expand(-1, content_map.shape[1], -1)
-        picked = torch.cat([torch.gather(scale.flatten(2), 2, at) for scale in scales], dim=1)  # (B, 3K, N)
+        voxels = torch.gather(content_map.flatten(2), 2, at).float()
+        picked = torch.cat([voxels] + [box_means_at(content_map, index, k) for k in (3, 7)], dim=1)  # (B, 3K, N)
         return F.normalize(self.project(picked.transpose(1, 2).reshape(-1, picked.shape[1])).float(), dim=1)
 
     def forward(self, map1: torch.Tensor, map2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -104,10 +104,13 @@ class SpatialObjective(GlobalObjective):
     def map_losses(self, x, batch, step, maps, own, cross, contrasted) -> LossTerms:
         """The reconstruction of each view from both decodings and the weighted map terms."""
         reconstruction = (self.reconstruction(own, x) + self.reconstruction(cross, torch.cat(x.chunk(2)[::-1]))) / 2
+        weight = self.ramp(step)
+        if not weight:  # the warm-up: the map terms would be multiplied by zero
+            return LossTerms(*contrasted, reconstruction, torch.zeros((), device=x.device))
         mask = batch["mask_t1"].to(x.device) * batch["mask_t2"].to(x.device)
         dense = self.config.dense_weight * self.dense_head(*maps, mask)
         # Summed over voxels and scaled like the reconstruction: per voxel, a disagreement weighs as
         # much as a wrong intensity does.
         disagreement = (maps[0] - maps[1]).abs().flatten(1).sum(1).mean()
         agreement = self.config.scale_recon_loss * self.config.map_agreement_weight * disagreement
-        return LossTerms(*contrasted, reconstruction, self.ramp(step) * (dense + agreement))
+        return LossTerms(*contrasted, reconstruction, weight * (dense + agreement))

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import PRESETS, VIEWS, CohortConfig, EvaluationConfig, ModelConfig, PreprocessingConfig
+from ..config import PRESETS, VIEW_NAMES, VIEWS, CohortConfig, EvaluationConfig, ModelConfig, PreprocessingConfig
 from ..runtime.storage import atomic_write_json, probe_writable
 from . import distributed
 from .atlas import mni_brain_template
 from .data import SPLIT_NAMES, assign_splits, read_splits, write_splits
 from .discovery import DiscoveryReport, discover
+from .encoding import encode_cohort
 from .model_card import write_model_card
 from .prepared_cohort import GIVEN_INPUTS, PREPARED_INPUTS, prepare_cohort
 from .report import headline_table, input_check_summary, strata_summary
@@ -194,14 +195,14 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
     cache_root = cache_root_of(request)
     trainer = make_trainer(request, preset, train_config, run_dir, by_split)
     trained = trainer.run(resume_from=checkpoint)
+    # The training subjects encoded once, for the bundle's cohort statistics and the strata.
+    train_encoded = encode_cohort(trained.encoder, by_split["train"], preset.preprocessing, cache_root, trainer.device)
     bundle = write_bundle(
         run_dir / "bundle",
         trained,
         preset.model,
         preset.preprocessing,
-        by_split["train"],
-        cache_root,
-        trainer.device,
+        train_encoded,
         extra={
             "trained_steps": trained.step,
             "run": run_dir.name,
@@ -212,7 +213,8 @@ def train_run(request: RunRequest, resume: Path | None = None) -> Path:
     enough = min(len(by_split["val"]), len(by_split["test"])) >= MIN_EVALUATION_SUBJECTS
     metrics = None
     if request.evaluate and enough:
-        metrics = evaluate_run(run_dir, cache_root, trainer.device, by_split)
+        train_latents = {view: getattr(train_encoded, key) for key, view in VIEW_NAMES.items()}
+        metrics = evaluate_run(run_dir, cache_root, trainer.device, by_split, train_latents=train_latents)
     elif request.evaluate:
         print(f"notice: evaluation skipped; it needs {MIN_EVALUATION_SUBJECTS} validation and test subjects each")
     print_run_summary(run_dir, bundle, metrics)
@@ -288,12 +290,15 @@ def evaluate_run(
     device="cpu",
     by_split: dict | None = None,
     strata_embedding: str = "content",
+    train_latents: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """metrics.json, report.png, the cohort's strata (strata.tsv, strata.png, strata.json) and
     the input check's statistics (input_check.json) for a finished run, in the run folder and in
     its bundle.
 
-    ``by_split`` spares a second discovery pass (which reads every volume) right after training.
+    ``by_split`` spares a second discovery pass (which reads every volume) right after training, and
+    ``train_latents`` ({view: (N, latent_dim)} of the training split, by the bundle's encoder) a
+    second encoding of the training subjects.
     """
     from ..runtime.bundle import load_bundle
     from .calibration import calibrate_cohort_check, encoded_views
@@ -321,7 +326,9 @@ def evaluate_run(
     folders = (run_dir, run_dir / "bundle")
     # Each split encoded once: the held-out ones with their brain-mask volumes, for the input check.
     held_out = {split: encoded_views(bundle, by_split[split], cache_root, device) for split in ("val", "test")}
-    latents = {"train": cohort_latents(bundle, by_split["train"], cache_root, device)}
+    if train_latents is None:
+        train_latents = cohort_latents(bundle, by_split["train"], cache_root, device)
+    latents = {"train": train_latents}
     latents.update({split: encoded[0] for split, encoded in held_out.items()})
     everyone = [p for split in SPLIT_NAMES for p in by_split[split]]
     stacked = {view: np.concatenate([latents[split][view] for split in SPLIT_NAMES]) for view in VIEWS}

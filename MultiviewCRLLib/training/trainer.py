@@ -33,14 +33,14 @@ from ..config import VIEW_KEYS, VIEW_NAMES, ModelConfig, PreprocessingConfig, Tr
 from ..runtime.bundle import save_bundle
 from ..runtime.device import select_device
 from ..runtime.networks import build_networks
-from ..runtime.precision import precision_policy
+from ..runtime.precision import inference_precision, precision_policy
 from ..runtime.preprocessing import file_transforms, to_nifti
 from ..runtime.storage import atomic_save_nifti, atomic_torch_save, atomic_write_bytes
 from .atlas import mni_brain_template
 from .data import paired_dataset, plain_collate
 from .discovery import Pair
 from .distributed import cross_rank_batchnorm, rank, world_size
-from .encoding import encode_cohort
+from .encoding import Encoded
 from .losses import DenseInfoNCE, retrieval_top1
 from .objectives import GlobalObjective, SpatialObjective
 
@@ -163,8 +163,9 @@ def write_decoded_images(folder: Path, encoder, decoder, model: ModelConfig, ima
     decoder.eval()
     for key in VIEW_KEYS:
         x = convert_to_tensor(images[key], track_meta=False)[None].to(device)
-        z, content = encoder(x, with_content=True, views=VIEW_KEYS.index(key))
-        decoded = decoder.decode(content, model.style(z))[0].float().cpu()
+        with inference_precision(encoder):
+            z, content = encoder(x, with_content=True, views=VIEW_KEYS.index(key))
+            decoded = decoder.decode(content, model.style(z))[0].float().cpu()
         if not (folder / f"{key}_input.nii.gz").exists():
             atomic_save_nifti(to_nifti(images[key]), folder / f"{key}_input.nii.gz")
         decoded_image = images[key].clone().copy_(decoded)  # keeps the input's affine
@@ -467,18 +468,16 @@ def write_bundle(
     trained: TrainedModel,
     model: ModelConfig,
     preprocessing: PreprocessingConfig,
-    cohort_pairs: list[Pair],
-    cache_root: Path | None,
-    device,
+    encoded: Encoded,
     extra: dict | None = None,
 ) -> Path:
-    """A bundle whose cohort style means and content embeddings come from the training subjects,
-    with the MNI152 brain its inputs are registered to (the synthetic cohort's space)."""
-    encoded = encode_cohort(trained.encoder, cohort_pairs, preprocessing, cache_root, device)
+    """A bundle whose cohort style means and content embeddings come from the training subjects'
+    latents ``encoded`` (by ``trained.encoder``), with the MNI152 brain its inputs are registered to
+    (the synthetic cohort's space)."""
     latents = {key: torch.from_numpy(getattr(encoded, key)) for key in VIEW_KEYS}
     style_means = {VIEW_NAMES[key]: model.style(z).mean(0) for key, z in latents.items()}
     content = sum(model.content(z) for z in latents.values()) / len(latents)
-    cohort = ([p.key for p in cohort_pairs], content)
+    cohort = ([p.key for p in encoded.pairs], content)
     return save_bundle(
         folder,
         trained.encoder,

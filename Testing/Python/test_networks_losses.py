@@ -15,7 +15,7 @@ from MultiviewCRLLib.runtime.networks import (
     count_parameters,
     residual_unit,
 )
-from MultiviewCRLLib.training.losses import BaurLoss, ContentInfoNCE, DenseInfoNCE, retrieval_top1
+from MultiviewCRLLib.training.losses import BaurLoss, ContentInfoNCE, DenseInfoNCE, box_means_at, retrieval_top1
 
 
 def test_seed_preset_matches_the_report_size_and_shapes():
@@ -135,6 +135,16 @@ def test_spatial_decoder_draws_a_smooth_field_from_the_style():
     difference = (a - b)[0, 0]
     assert difference.std() > 0  # the style alone changes the image, and not as a constant
     assert difference.diff(dim=0).abs().mean() < difference.abs().mean()  # smoothly across space
+
+
+@pytest.mark.parametrize("size", [3, 7])
+def test_box_means_at_sampled_voxels_equal_a_dense_average_pool(size):
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 9, 11, 8)
+    index = torch.cat([torch.tensor([[0, 9 * 11 * 8 - 1]] * 2), torch.randint(0, 9 * 11 * 8, (2, 30))], dim=1)
+    dense = torch.nn.functional.avg_pool3d(x, size, stride=1, padding=size // 2)  # zeros beyond the edges
+    expected = torch.gather(dense.flatten(2), 2, index[:, None].expand(-1, 3, -1))
+    torch.testing.assert_close(box_means_at(x, index, size), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_dense_infonce_prefers_agreeing_maps():

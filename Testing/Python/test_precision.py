@@ -13,7 +13,10 @@ import pytest
 import torch
 
 from MultiviewCRLLib.config import PRESETS
-from MultiviewCRLLib.runtime.precision import precision_policy
+from MultiviewCRLLib.runtime.bundle import Bundle
+from MultiviewCRLLib.runtime.inference import decode_views, encode_views
+from MultiviewCRLLib.runtime.networks import build_networks
+from MultiviewCRLLib.runtime.precision import inference_policy, precision_policy
 from MultiviewCRLLib.training.data import paired_dataset, plain_collate
 from MultiviewCRLLib.training.discovery import discover_bids
 from MultiviewCRLLib.training.runs import RunRequest, train_run
@@ -33,9 +36,13 @@ def trainer_for(preset_name: str, pairs, tmp_path, amp_dtype: str) -> Trainer:
     return Trainer(tmp_path / amp_dtype, preset.model, preset.preprocessing, train, pairs, pairs[0], device="cpu")
 
 
+def first_batch_of(pairs, preprocessing, size: int) -> dict:
+    dataset = paired_dataset(pairs, preprocessing)
+    return plain_collate([dataset[i] for i in range(size)])
+
+
 def first_batch(trainer: Trainer, pairs) -> dict:
-    dataset = paired_dataset(pairs, trainer.preprocessing)
-    return plain_collate([dataset[i] for i in range(trainer.config.batch_size)])
+    return first_batch_of(pairs, trainer.preprocessing, trainer.config.batch_size)
 
 
 def weights(trainer: Trainer) -> torch.Tensor:
@@ -51,6 +58,32 @@ def test_the_policy_per_device_and_request():
     assert precision_policy("cuda:0").dtype == torch.float16 and precision_policy("cuda:0").channels_last
     with pytest.raises(ValueError, match="a precision is one of float32, bfloat16, float16"):
         precision_policy("cpu", dtype="int8")
+
+
+def test_inference_runs_at_the_policy_precision_with_contiguous_tensors():
+    for device in ("cpu", "cuda:0"):
+        assert inference_policy(device).dtype == precision_policy(device).dtype
+        assert not inference_policy(device).channels_last
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-spatial"])
+def test_inference_under_the_policy_returns_float32_close_to_a_float32_pass(preset, pairs):
+    model, preprocessing = PRESETS[preset].model, PRESETS[preset].preprocessing
+    torch.manual_seed(0)
+    encoder, decoder = (m.eval() for m in build_networks(model, preprocessing.spatial_size))
+    batch = first_batch_of(pairs, preprocessing, 2)
+    images = {"T1w": batch["t1"], "T2w": batch["t2"]}
+    bundle = Bundle(encoder, decoder, model, preprocessing, style_means={}, settings={})
+    latents, contents = encode_views(bundle, images)
+    decoded = decode_views(bundle, latents, contents)
+    with torch.no_grad():
+        exact = encoder(images["T1w"], with_content=True, views=0)
+        exact_image = decoder.decode(exact[1], model.style(exact[0]))
+    assert latents["T1w"].dtype == contents["T1w"].dtype == decoded["T1w reconstruction"].dtype == torch.float32
+    cosine = torch.nn.functional.cosine_similarity(latents["T1w"], exact[0], dim=1)
+    assert cosine.min() > 0.999
+    error = (decoded["T1w reconstruction"] - exact_image).abs().mean() / exact_image.abs().mean()
+    assert error < 0.02
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-spatial"])
