@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="random rigid (shared by both views) + intensity augmentation [off]",
     )
     train.add_argument(
+        "--contrast-randomisation",
+        type=float,
+        metavar="P",
+        help="the probability, per view and sample, of a random intensity curve and of k-space truncation or "
+        "thick slices, on top of the per-view contrast augmentation [0]",
+    )
+    train.add_argument(
         "--separable",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -131,6 +138,7 @@ TRAIN_FLAGS = {
     "use_amp": "amp",
     "amp_dtype": "amp_dtype",
     "augment": "augment",
+    "contrast_randomisation": "contrast_randomisation",
     "log_every": "log_every",
     "image_every": "image_every",
     "checkpoint_every": "checkpoint_every",

@@ -11,7 +11,9 @@ folder, cached as the trainer caches it):
 - the step under the policy as a ratio to the baseline (above 1: faster).
 
 With ``--layouts`` it also times bfloat16 with contiguous tensors, the comparison that
-``runtime.precision.CPU_CHANNELS_LAST`` follows.
+``runtime.precision.CPU_CHANNELS_LAST`` follows. With ``--inference`` it times a batch encoded and
+decoded without gradients in float32, under the inference policy (contiguous) and in the
+training layout: the comparison that ``runtime.precision.inference_policy`` follows.
 """
 
 import argparse
@@ -24,7 +26,8 @@ import torch
 
 from MultiviewCRLLib.config import PRESETS
 from MultiviewCRLLib.runtime.device import select_device
-from MultiviewCRLLib.runtime.precision import Precision, precision_policy
+from MultiviewCRLLib.runtime.networks import build_networks
+from MultiviewCRLLib.runtime.precision import Precision, inference_policy, precision_policy
 from MultiviewCRLLib.training.data import paired_dataset, plain_collate
 from MultiviewCRLLib.training.discovery import discover_bids
 from MultiviewCRLLib.training.synthetic import generate_cohort
@@ -60,6 +63,7 @@ def step_phases(preset, pairs, run_dir: Path, device, steps: int, policy: Precis
     trainer.decoder.to(memory_format=policy.memory_format)
     dataset = paired_dataset(pairs, preset.preprocessing)
     batch = plain_collate([dataset[i] for i in range(train.batch_size)])
+    trainer.step = 2 * train.warmup_steps  # past the warm-up: every loss term on, the maps trained
     trainer.train_step(batch)  # warm-up
     clock.seconds.clear()
     for _ in range(steps):
@@ -69,12 +73,35 @@ def step_phases(preset, pairs, run_dir: Path, device, steps: int, policy: Precis
     return seconds
 
 
+def inference_seconds(preset, pairs, policy: Precision, steps: int) -> float:
+    """Seconds to encode and decode one batch of both views without gradients under ``policy``."""
+    encoder, decoder = (m.eval() for m in build_networks(preset.model, preset.preprocessing.spatial_size))
+    for module in (encoder, decoder):
+        module.to(policy.device, memory_format=policy.memory_format)
+    dataset = paired_dataset(pairs, preset.preprocessing)
+    batch = plain_collate([dataset[i] for i in range(preset.train.batch_size)])
+    x = policy.place(torch.cat([batch["t1"], batch["t2"]]))
+    views = torch.arange(2).repeat_interleave(len(batch["t1"]))
+
+    def one_pass():
+        z, content = encoder(x, with_content=True, views=views)
+        decoder.decode(content, preset.model.style(z))
+
+    with torch.no_grad(), policy.autocast():
+        one_pass()  # warm-up
+        start = time.perf_counter()
+        for _ in range(steps):
+            one_pass()
+    return (time.perf_counter() - start) / steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["spatial-demo", "demo", "spatial-seed", "seed"])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--layouts", action="store_true", help="also bfloat16 with contiguous tensors")
+    parser.add_argument("--inference", action="store_true", help="also a pass without gradients, per layout")
     args = parser.parse_args()
     device = select_device(args.device)
     fast = precision_policy(device)
@@ -99,6 +126,19 @@ def main() -> None:
                 baseline = baseline or total
                 row = " ".join(f"{seconds.get(p, 0.0):>12.3f}" for p in PHASES)
                 print(f"{preset_name:>13} {label:>38} {row} {total:>8.2f} {baseline / total:>7.2f}x")
+            if args.inference:
+                passes = {
+                    "float32": Precision(device),
+                    "inference policy": inference_policy(device),
+                    "training layout": fast,
+                }
+                seconds = {label: inference_seconds(preset, pairs, p, args.steps) for label, p in passes.items()}
+                print(
+                    f"{preset_name:>13} inference, seconds per batch: "
+                    + ", ".join(
+                        f"{label} {value:.2f} ({seconds['float32'] / value:.2f}x)" for label, value in seconds.items()
+                    )
+                )
 
 
 if __name__ == "__main__":

@@ -140,6 +140,10 @@ class TrainConfig:
     # Independent intensity augmentation per view (bias field, gamma, noise), so that content
     # cannot carry a view's contrast.
     view_augment: bool = False
+    # The probability, per view and sample, of a random contrast and of a clinical resolution
+    # (training.data.view_augmentation, which it turns on), so that the content map cannot encode a
+    # view's intensities and the model meets real scans' contrasts and slice thicknesses.
+    contrast_randomisation: float = 0.0
     log_every: int = 100
     image_every: int = 5_000
     checkpoint_every: int = 5_000

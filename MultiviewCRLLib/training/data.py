@@ -25,6 +25,7 @@ from torch.utils.data import default_collate
 from ..config import VIEW_KEYS, PreprocessingConfig
 from ..runtime.preprocessing import ApplyMaskd, file_transforms, mask_key
 from ..runtime.storage import atomic_write_tsv
+from .degradation import RandIntensityCurved, RandKSpaceTruncationd, RandThickSlicesd
 from .discovery import Pair
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -97,12 +98,24 @@ def augmentation() -> Compose:
     return Compose(transforms)
 
 
-def view_augmentation() -> Compose:
+def view_augmentation(randomise: float = 0.0) -> Compose:
     """Independent contrast augmentation per view: a bias field, a gamma and noise drawn for each
     view on its own, then the brain mask and z-score again. A subject's two views then differ in
-    contrast in ways no anatomy explains, so content cannot carry a view's contrast. (1, X, Y, Z)."""
+    contrast in ways no anatomy explains, so content cannot carry a view's contrast. (1, X, Y, Z).
+
+    With ``randomise`` > 0, first, each with that probability and per view: a random intensity
+    curve (any contrast, as SynthSeg draws tissue intensities, but without labels, so it works on
+    real cohorts too), then k-space truncation or thick slices along a random axis (each with half
+    the probability): the resolutions and slice thicknesses of clinical scans.
+    """
     transforms = []
     for key in VIEW_KEYS:  # one instance per view: the draws are independent
+        if randomise:
+            transforms += [
+                RandIntensityCurved(key, prob=randomise),
+                RandKSpaceTruncationd(key, prob=randomise / 2),
+                RandThickSlicesd(key, prob=randomise / 2),
+            ]
         transforms += [
             ScaleIntensityd(key, minv=0.0, maxv=1.0),  # positive intensities for a multiplicative field
             RandBiasFieldd(key, coeff_range=(0.1, 0.3), prob=0.8),
@@ -134,19 +147,21 @@ def paired_dataset(
     augment: bool = False,
     seed: int = 0,
     view_augment: bool = False,
+    randomise: float = 0.0,
 ) -> Dataset:
     """A MONAI dataset of {"subject", "t1", "t2", "mask_t1", "mask_t2"}; volumes (1, *spatial_size).
 
     With ``cache_root`` the deterministic preprocessing is paid once: results persist under
     ``cache_root/<config fingerprint>``, so a changed preprocessing config never reuses them.
-    Augmentation (``augment``: shared rigid; ``view_augment``: contrast per view), when on, runs
+    Augmentation (``augment``: shared rigid; ``view_augment``: contrast per view; ``randomise``:
+    the probability of its random contrasts and resolutions, which turns it on), when on, runs
     after the cache.
     """
     transforms = list(file_transforms(VIEW_KEYS, config).transforms)
     if augment:
         transforms += list(augmentation().transforms)
-    if view_augment:
-        transforms += list(view_augmentation().transforms)
+    if view_augment or randomise:
+        transforms += list(view_augmentation(randomise).transforms)
     pipeline = Compose(transforms)
     # Seeded after composing: a new Compose reseeds its transforms from MONAI's global seed.
     pipeline.set_random_state(seed=seed)

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import ndimage
 from tqdm import tqdm
 
@@ -114,6 +116,7 @@ class SubjectGenerator:
 
     def __init__(self, template: TissueAtlas, spacing_mm: float):
         self.template, self.spacing_mm = template, spacing_mm
+        self.maps = torch.from_numpy(np.ascontiguousarray(template.maps, dtype=np.float32))[None]  # (1, 3, ...)
         extent = np.array(template.maps.shape[1:]) * np.abs(np.diag(template.affine)[:3])
         self.shape = tuple(int(math.ceil(e / spacing_mm)) for e in extent)
         self.affine = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
@@ -202,13 +205,24 @@ class SubjectGenerator:
         sums["lesion_ml"] = float(tissues["lesion"].sum() * ml)
         return sums
 
+    def sample_maps(self, ijk: np.ndarray) -> np.ndarray:
+        """The template's tissue maps, trilinearly, at voxel coordinates ``ijk`` (3, ...): (3, ...),
+        zero beyond the template (one torch grid sample for the three maps)."""
+        maps = self.maps
+        size = torch.tensor(maps.shape[2:], dtype=torch.float32)
+        # grid_sample takes (x, y, z) = (last, middle, first) axis, in [-1, 1] from first to last voxel.
+        points = torch.from_numpy(np.ascontiguousarray(ijk, dtype=np.float32)).movedim(0, -1)
+        grid = (2 * points / (size - 1) - 1).flip(-1)[None]
+        sampled = F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        return sampled[0].numpy()
+
     def tissues(self, factors: dict[str, float], lesion_centers: np.ndarray) -> dict[str, np.ndarray]:
         """Tissue fractions in the computed box: GM, WM, CSF, lesion and their sum, the brain; and
         "coordinates", the template mm (3, ...) each voxel samples."""
         x = self.template_coordinates(factors)
         affine = self.template.affine
         ijk = np.stack([(x[d] - np.float32(affine[d, 3])) / np.float32(affine[d, d]) for d in range(3)])
-        gm, wm, csf = (ndimage.map_coordinates(m, ijk, order=1, mode="constant", cval=0.0) for m in self.template.maps)
+        gm, wm, csf = self.sample_maps(ijk)
         lost = self.atrophy(x, gm, wm, csf, factors)
         gm, csf = gm - lost, csf + lost
         volume_mm3 = 1e3 * (LESION_VOLUME_ML[0] + factors["lesion_load"] * (LESION_VOLUME_ML[1] - LESION_VOLUME_ML[0]))
@@ -269,8 +283,11 @@ def style_of(design: dict[str, float], view: str) -> dict[str, float]:
 _WORKER: SubjectGenerator | None = None
 
 
-def _init_worker(spacing_mm: float) -> None:
+def _init_worker(spacing_mm: float, threads: int | None = None) -> None:
+    """The process's generator; ``threads``: torch's threads in it (one per process in a pool)."""
     global _WORKER
+    if threads:
+        torch.set_num_threads(threads)
     _WORKER = SubjectGenerator(load_tissue_atlas(), spacing_mm)
 
 
@@ -328,7 +345,7 @@ def generate_cohort(
         workers = workers or min(os.cpu_count() or 1, n_subjects)
         progress = {"total": n_subjects, "desc": "synthetic cohort", "unit": "subject", "disable": not show_progress}
         if workers > 1:
-            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(spacing_mm,)) as pool:
+            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(spacing_mm, 1)) as pool:
                 rows = list(tqdm(pool.map(_generate_subject, jobs), **progress))
         else:
             _init_worker(spacing_mm)

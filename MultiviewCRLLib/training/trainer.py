@@ -393,7 +393,13 @@ class Trainer:
 
             writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=self.step + 1 if self.step else None)
         dataset = paired_dataset(
-            self.train_pairs, self.preprocessing, self.cache_root, cfg.augment, self.seed, cfg.view_augment
+            self.train_pairs,
+            self.preprocessing,
+            self.cache_root,
+            cfg.augment,
+            self.seed,
+            cfg.view_augment,
+            cfg.contrast_randomisation,
         )
         sampler = StepBatches(len(dataset), cfg.batch_size, self.seed, self.step, cfg.steps, self.rank, self.world)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=plain_collate)

@@ -1,0 +1,88 @@
+"""The degradations of clinical scans (k-space truncation, thick slices, random intensity curves)
+and the contrast-randomised training data built from them."""
+
+import numpy as np
+import pytest
+import torch
+
+from MultiviewCRLLib.config import PRESETS
+from MultiviewCRLLib.training.data import paired_dataset
+from MultiviewCRLLib.training.degradation import (
+    IntensityCurve,
+    KSpaceTruncation,
+    RandIntensityCurved,
+    RandThickSlicesd,
+    ThickSlices,
+)
+from MultiviewCRLLib.training.discovery import discover_bids
+
+
+def smooth_volume(shape=(20, 24, 18)) -> torch.Tensor:
+    grid = torch.stack(torch.meshgrid(*(torch.linspace(-1, 1, n) for n in shape), indexing="ij"))
+    return torch.exp(-(grid**2).sum(0) * 2)[None] + 0.1
+
+
+def test_kspace_truncation_removes_fine_detail_and_keeps_coarse_structure():
+    smooth = smooth_volume()
+    torch.testing.assert_close(KSpaceTruncation(1.0)(smooth), smooth, atol=1e-5, rtol=1e-5)
+    checker = (torch.arange(20)[:, None, None] + torch.arange(24)[None, :, None] + torch.arange(18)) % 2
+    fine = checker[None].float() - 0.5
+    assert KSpaceTruncation(2.0)(fine).abs().max() < 1e-4  # the finest pattern is gone
+    kept = KSpaceTruncation(2.0)(smooth)
+    assert kept.shape == smooth.shape
+    assert (kept - smooth).abs().mean() < 0.02 * smooth.mean()
+
+
+def test_thick_slices_average_slabs_along_one_axis_only():
+    ramp = torch.arange(30, dtype=torch.float32).view(1, 1, 1, 30).expand(1, 6, 5, 30).clone()
+    thick = ThickSlices(axis=2, thickness=3)(ramp)
+    # Slab means of a linear ramp, interpolated between slab centres, give the ramp back inside.
+    torch.testing.assert_close(thick[..., 2:-2], ramp[..., 2:-2])
+    impulse = torch.zeros(1, 6, 5, 30)
+    impulse[..., 15] = 1
+    spread = ThickSlices(axis=2, thickness=3)(impulse)
+    assert spread[0, 0, 0].max() < 0.5 and (spread[0, 0, 0] > 0).sum() >= 3
+    # The other axes are untouched: a pattern across them survives.
+    across = torch.rand(1, 6, 5, 1).expand(1, 6, 5, 30).clone()
+    torch.testing.assert_close(ThickSlices(axis=2, thickness=4, spacing=6, offset=1)(across), across)
+
+
+def test_intensity_curve_maps_brain_voxels_only_and_may_invert_the_contrast():
+    image = torch.linspace(1, 5, 60).view(1, 3, 4, 5)
+    mask = torch.ones_like(image)
+    mask[0, 0] = 0
+    inverted = IntensityCurve([1.0, 0.0])(image, mask)
+    assert (inverted[mask == 0] == 0).all()
+    inside = inverted[mask > 0]
+    assert inside.argmax() == image[mask > 0].argmin() and (inside > 0).all()
+    identity = IntensityCurve([0.0, 0.5, 1.0])(image, mask)[mask > 0]
+    assert torch.allclose(identity.diff(), identity.diff()[0].expand_as(identity.diff()), atol=1e-5)
+
+
+def test_random_degradations_draw_per_call_and_need_a_mask_for_curves():
+    image = smooth_volume()
+    item = {"t1": image.clone(), "mask_t1": torch.ones_like(image)}
+    curve = RandIntensityCurved("t1", prob=1.0)
+    curve.set_random_state(seed=0)
+    first, second = curve(item)["t1"], curve(item)["t1"]
+    assert not torch.allclose(first, second)
+    with pytest.raises(KeyError, match="mask_<key>"):
+        curve({"t1": image})
+    slices = RandThickSlicesd("t1", prob=1.0)
+    slices.set_random_state(seed=0)
+    assert not torch.allclose(slices(item)["t1"], image)
+
+
+def test_contrast_randomised_items_stay_masked_and_z_scored_and_differ_per_view(cohort64):
+    pairs = discover_bids(cohort64).kept[:2]
+    preprocessing = PRESETS["tiny-spatial"].preprocessing
+    plain = paired_dataset(pairs, preprocessing)[0]
+    draws = [paired_dataset(pairs, preprocessing, seed=s, view_augment=True, randomise=1.0)[0] for s in range(3)]
+    for item in draws:
+        for key in ("t1", "t2"):
+            inside = item[f"mask_{key}"] > 0.5
+            assert (item[key][~inside] == 0).all()
+            assert abs(float(item[key][inside].mean())) < 1e-3 and abs(float(item[key][inside].std()) - 1) < 1e-2
+    # Random curves move the tissue intensities away from the plain view's, each draw differently.
+    correlations = [np.corrcoef(plain["t1"].flatten(), item["t1"].flatten())[0, 1] for item in draws]
+    assert min(correlations) < 0.95 and np.ptp(correlations) > 0.01
