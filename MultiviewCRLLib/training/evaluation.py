@@ -32,7 +32,7 @@ from ..config import (
 )
 from ..runtime.bundle import Bundle
 from ..runtime.inference import cross_view_name, decode_views, encode_views
-from ..runtime.precision import inference_precision
+from ..runtime.precision import inference_precision, precision_policy
 from .clinical import (
     TissueSplit,
     cohort_labels,
@@ -183,24 +183,33 @@ def reference_volumes(pairs: list[Pair], preprocessing) -> list[dict] | None:
     ]
 
 
-def encoded_chunks(bundle: Bundle, images: list[dict], device, size: int = 8):
-    """(chunk of ``images``, (latents, contents) of its views as from ``encode_views``), chunk by chunk."""
+def encoded_chunks(bundle: Bundle, images: list[dict], device, size: int = 8) -> list:
+    """[(chunk of ``images``, (latents, contents) of its views as from ``encode_views``)], chunk by
+    chunk: the images encoded once for every measure that decodes them."""
+    chunks = []
     for start in range(0, len(images), size):
         chunk = images[start : start + size]
         x = {VIEW_NAMES[k]: torch.stack([v[k] for v in chunk])[:, None].to(device) for k in VIEW_KEYS}
-        yield chunk, encode_views(bundle, x)
+        chunks.append((chunk, encode_views(bundle, x)))
+    return chunks
+
+
+def chunk_images(chunks: list) -> list[dict]:
+    return [item for chunk, _ in chunks for item in chunk]
 
 
 @torch.no_grad()
-def image_quality(bundle: Bundle, images: list[dict], device, references: list[dict] | None = None):
-    """PSNR and SSIM of every decoding kind (IMAGE_KINDS) of both views against the input and, when
-    given, against its noise-free reference (noise cannot be predicted).
+def image_quality(bundle: Bundle, chunks: list, references: list[dict] | None = None):
+    """PSNR and SSIM of every decoding kind (IMAGE_KINDS) of both views of the images in ``chunks``
+    (from ``encoded_chunks``) against the input and, when given, against its noise-free reference
+    (noise cannot be predicted).
 
     Returns the metrics and, per subject, the decoded volumes for the report.
     """
     model, decoder = bundle.model, bundle.decoder
     decoded = {f"{kind}_{key}": [] for kind in IMAGE_KINDS for key in VIEW_KEYS}
-    for _chunk, (latents, contents) in encoded_chunks(bundle, images, device):
+    images = chunk_images(chunks)
+    for _chunk, (latents, contents) in chunks:
         both = decode_views(bundle, latents, contents)
         for key in VIEW_KEYS:
             target, source = VIEW_NAMES[key], VIEW_NAMES[other_view(key)]
@@ -249,14 +258,15 @@ def contrast_to_noise(image: torch.Tensor, bright: torch.Tensor, dark: torch.Ten
 
 
 @torch.no_grad()
-def fused_reconstruction(bundle: Bundle, images: list[dict], device) -> dict:
+def fused_reconstruction(bundle: Bundle, chunks: list) -> dict:
     """Each view decoded from the subject's fused embedding: the content averaged over both views
     (the map in the spatial family) with that view's style. Its size against the two volumes'
     voxels, the MSE inside the brain, and the CNR retention: the decoded image's contrast-to-noise
     ratio between the input's brighter and darker halves of brain voxels, over the input's."""
     model = bundle.model
     errors, retention = {k: [] for k in VIEW_KEYS}, {k: [] for k in VIEW_KEYS}
-    for chunk, (latents, contents) in encoded_chunks(bundle, images, device):
+    images = chunk_images(chunks)
+    for chunk, (latents, contents) in chunks:
         fused_content = torch.stack([contents[v] for v in VIEW_NAMES.values()]).mean(0)
         for key, view in VIEW_NAMES.items():
             with inference_precision(bundle.decoder):
@@ -285,10 +295,11 @@ def fused_reconstruction(bundle: Bundle, images: list[dict], device) -> dict:
 
 
 @torch.no_grad()
-def content_maps(bundle: Bundle, images: list[dict], device) -> list[dict]:
-    """Spatial family: each subject's content maps {key: (K, X, Y, Z)} of both views."""
+def content_maps(chunks: list) -> list[dict]:
+    """Spatial family: each subject's content maps {key: (K, X, Y, Z)} of both views, from
+    ``encoded_chunks``."""
     maps = []
-    for chunk, (_, contents) in encoded_chunks(bundle, images, device):
+    for chunk, (_, contents) in chunks:
         maps += [{k: contents[VIEW_NAMES[k]][i].float().cpu() for k in VIEW_KEYS} for i in range(len(chunk))]
     return maps
 
@@ -495,11 +506,12 @@ def evaluate(
     val, val_images = encode_cohort(bundle.encoder, val_pairs, prep, cache_root, device, with_images=True)
     test, images = encode_cohort(bundle.encoder, test_pairs, prep, cache_root, device, with_images=True)
     metrics = {"trained": representation_metrics(val, test, bundle.content_dim, seed, "trained", probes)}
+    test_chunks = encoded_chunks(bundle, images, device)
     if bundle.model.family == "spatial":
-        maps = (content_maps(bundle, val_images, device), content_maps(bundle, images, device))
+        maps = (content_maps(encoded_chunks(bundle, val_images, device)), content_maps(test_chunks))
         metrics["trained"].update(content_map_metrics((val_images, maps[0]), (images, maps[1])))
     references = reference_volumes(test_pairs, prep)
-    image_metrics, decoded = image_quality(bundle, images, device, references)
+    image_metrics, decoded = image_quality(bundle, test_chunks, references)
     metrics["trained"].update(image_metrics)
     test_labels = cohort_labels(test_pairs, prep)
     if test_labels is not None:
@@ -510,9 +522,10 @@ def evaluate(
         if spatial:  # only maps are named after tissues, on the validation subjects' labels
             val_tissues = TissueSplit(val_images, maps[0], cohort_labels(val_pairs, prep), val_pairs)
             metrics["trained"].update(segmentation_metrics(val_tissues, test_tissues, test_labels[0].affine, seed))
-    metrics["trained"].update(fused_reconstruction(bundle, images, device))
+    metrics["trained"].update(fused_reconstruction(bundle, test_chunks))
     torch.manual_seed(seed)
-    untrained = build_networks(bundle.model, prep.spatial_size)[0].to(device)  # in eval mode, as initialised
+    untrained = build_networks(bundle.model, prep.spatial_size)[0]  # in eval mode, as initialised
+    untrained.to(device, memory_format=precision_policy(torch.device(device)).memory_format)
     metrics["untrained_baseline"] = representation_metrics(
         encode_cohort(untrained, val_pairs, prep, cache_root, device),
         encode_cohort(untrained, test_pairs, prep, cache_root, device),

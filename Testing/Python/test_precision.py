@@ -16,7 +16,7 @@ from MultiviewCRLLib.config import PRESETS
 from MultiviewCRLLib.runtime.bundle import Bundle
 from MultiviewCRLLib.runtime.inference import decode_views, encode_views
 from MultiviewCRLLib.runtime.networks import build_networks
-from MultiviewCRLLib.runtime.precision import inference_policy, precision_policy
+from MultiviewCRLLib.runtime.precision import precision_policy
 from MultiviewCRLLib.training.data import paired_dataset, plain_collate
 from MultiviewCRLLib.training.discovery import discover_bids
 from MultiviewCRLLib.training.runs import RunRequest, train_run
@@ -58,12 +58,6 @@ def test_the_policy_per_device_and_request():
     assert precision_policy("cuda:0").dtype == torch.float16 and precision_policy("cuda:0").channels_last
     with pytest.raises(ValueError, match="a precision is one of float32, bfloat16, float16"):
         precision_policy("cpu", dtype="int8")
-
-
-def test_inference_runs_at_the_policy_precision_with_contiguous_tensors():
-    for device in ("cpu", "cuda:0"):
-        assert inference_policy(device).dtype == precision_policy(device).dtype
-        assert not inference_policy(device).channels_last
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-spatial"])
