@@ -1,7 +1,9 @@
 """Full analysis of one T1w/T2w pair (preprocess both, encode both, decode reconstructions and
 cross-view images), as the Slicer module runs it, for the demo and the seed model sizes of both
 model families, and of a raw-looking 1 mm pair (skull, pose, a thick tilted T2w slab) with scan
-preparation (brain extraction and alignment) before it.
+preparation (brain extraction and alignment) before it; that preparation alone under its
+registration schedule and under ``FULL_RESOLUTION`` (every rotation start refined fully, the
+second view registered at its own resolution), as a ratio.
 
     python benchmarks/analysis_speed.py [--repeats 3]
 
@@ -26,6 +28,7 @@ from MultiviewCRLLib.config import PRESETS, VIEWS
 from MultiviewCRLLib.runtime.bundle import load_bundle, save_bundle
 from MultiviewCRLLib.runtime.inference import analyse_pair
 from MultiviewCRLLib.runtime.networks import build_networks
+from MultiviewCRLLib.runtime.preparation import FULL_RESOLUTION, RegistrationSchedule, prepare_pair
 from MultiviewCRLLib.training.atlas import mni_brain_template
 from MultiviewCRLLib.training.raw_scans import write_raw_cohort
 from MultiviewCRLLib.training.synthetic import generate_cohort
@@ -74,6 +77,12 @@ def main() -> None:
         raw_pair = read_pair(raw / "sub-0001" / "anat", "sub-0001")
         bundle = bundle_for(BUNDLED_FAMILY, Path(tmp) / "bundled-with-template", mni_brain_template())
         prepared = median_seconds(lambda: analyse_pair(bundle, *raw_pair, prepare=True), args.repeats)
+        given = dict(zip(VIEWS, raw_pair))
+        schedules = {"schedule": RegistrationSchedule(), "full resolution": FULL_RESOLUTION}
+        preparation = {
+            name: median_seconds(lambda s=s: prepare_pair(given, bundle.template, schedule=s), args.repeats)
+            for name, s in schedules.items()
+        }
     print(f"threads: {torch.get_num_threads()}; input: two 1 mm volumes of {pair[0][0].shape}")
     for preset, seconds in medians.items():
         print(
@@ -88,6 +97,10 @@ def main() -> None:
         f"{PREPARED_TARGET_S:.0f} s, ratio {prepared / PREPARED_TARGET_S:.2f}); "
         f"/ unprepared {BUNDLED_FAMILY} analysis: "
         f"{prepared / medians[BUNDLED_FAMILY]:.1f}x"
+    )
+    print(
+        f"preparation alone: {preparation['schedule']:.2f} s, full-resolution registrations "
+        f"{preparation['full resolution']:.2f} s ({preparation['full resolution'] / preparation['schedule']:.2f}x)"
     )
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(f"peak resident memory: {peak_gb:.2f} GB (target 3 GB, ratio {peak_gb / 3:.2f})")

@@ -88,10 +88,10 @@ METRICS = {
 
 
 def registration_method(
-    fixed_mask: sitk.Image | None, metric: str = MUTUAL_INFORMATION
+    fixed_mask: sitk.Image | None, metric: str = MUTUAL_INFORMATION, levels: slice = slice(None)
 ) -> sitk.ImageRegistrationMethod:
     """``metric`` (a key of METRICS) on a regular sample of the fixed image (the same sample every
-    run), over a multi-resolution pyramid, by regular step gradient descent."""
+    run), over the ``levels`` of a multi-resolution pyramid, by regular step gradient descent."""
     method = sitk.ImageRegistrationMethod()
     METRICS[metric](method)
     method.SetMetricSamplingStrategy(method.REGULAR)
@@ -103,8 +103,8 @@ def registration_method(
         learningRate=2.0, minStep=1e-3, numberOfIterations=ITERATIONS, gradientMagnitudeTolerance=1e-8
     )
     method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel(list(SHRINK_FACTORS))
-    method.SetSmoothingSigmasPerLevel(list(SMOOTHING_MM))
+    method.SetShrinkFactorsPerLevel(list(SHRINK_FACTORS[levels]))
+    method.SetSmoothingSigmasPerLevel(list(SMOOTHING_MM[levels]))
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     return method
 
@@ -168,15 +168,17 @@ def fit(
     initial: sitk.Transform,
     metric: str = MUTUAL_INFORMATION,
     cancel: CancelToken | None = None,
+    levels: slice = slice(None),
 ) -> tuple[sitk.Transform, float]:
-    """One registration from ``initial``: the transform and the metric where it ended; raises
-    :class:`~.control.Cancelled` once ``cancel`` is set (by default never)."""
+    """One registration from ``initial`` over the pyramid's ``levels``: the transform and the
+    metric where it ended; raises :class:`~.control.Cancelled` once ``cancel`` is set (by default
+    never)."""
     cancel = cancel or CancelToken()
     transform = TRANSFORM_TYPES[kind]()
     transform.SetCenter(initial.GetCenter())
     transform.SetMatrix(initial.GetMatrix())
     transform.SetTranslation(initial.GetTranslation())
-    method = registration_method(fixed_mask, metric)
+    method = registration_method(fixed_mask, metric, levels)
     method.SetInitialTransform(transform, inPlace=True)
     stop_on_cancel(method, cancel)
     method.Execute(fixed, moving)
@@ -201,19 +203,27 @@ def register(
     initial: sitk.Transform | None = None,
     metric: str = MUTUAL_INFORMATION,
     cancel: CancelToken | None = None,
+    refine_each_start: bool = False,
 ) -> sitk.Transform:
     """Registration by ``metric`` (Mattes mutual information by default) with a transform of
     ``kind`` (rigid, similarity: rigid and one scale, or affine), started from ``initial`` or else
-    from each of the ``STARTS`` best of a coarse rotation search, keeping the fit that ends best;
-    the transform maps fixed points to moving points. The moving image is first ``coarsened`` to
-    the fixed image's resolution. ``cancel``: raises :class:`~.control.Cancelled` once set, within
-    an iteration of the optimiser (by default never)."""
+    from each of the ``STARTS`` best of a coarse rotation search: each start is fitted on the
+    pyramid's coarsest level, and only the best continues on the finer ones (which cost most; the
+    starts lie tens of degrees apart, which the coarsest level tells apart), unless
+    ``refine_each_start``, where every start runs the whole pyramid and the best end is kept. The
+    transform maps fixed points to moving points. The moving image is first ``coarsened`` to the
+    fixed image's resolution. ``cancel``: raises :class:`~.control.Cancelled` once set, within an
+    iteration of the optimiser (by default never)."""
     moving = coarsened(moving, fixed.GetSpacing())
     if initial is not None:
         return fit(fixed, moving, kind, fixed_mask, initial, metric, cancel)[0]
     starts = rotation_starts(fixed, moving, fixed_mask, STARTS, metric, cancel)
-    fits = [fit(fixed, moving, kind, fixed_mask, start, metric, cancel) for start in starts]
-    return min(fits, key=lambda found: found[1])[0]
+    levels = slice(None) if refine_each_start else slice(0, 1)
+    fits = [fit(fixed, moving, kind, fixed_mask, start, metric, cancel, levels) for start in starts]
+    best = min(fits, key=lambda found: found[1])[0]
+    if refine_each_start:
+        return best
+    return fit(fixed, moving, kind, fixed_mask, best, metric, cancel, slice(1, None))[0]
 
 
 def identity_about(image: sitk.Image) -> sitk.Euler3DTransform:

@@ -23,6 +23,7 @@ from .alignment import (
     AlignmentError,
     brain_correlation,
     brain_mutual_information,
+    coarsened,
     from_ras_matrix,
     from_sitk,
     identity_about,
@@ -112,11 +113,27 @@ def atlas_brain_mask(scan: sitk.Image, template: Template, template_to_scan: sit
     return sitk.Cast(mask > 0.5, sitk.sitkUInt8)
 
 
+@dataclass(frozen=True)
+class RegistrationSchedule:
+    """How much registration the preparation runs. By default: the template fit's rotation starts
+    refined on the pyramid's coarsest level and only the best on the finer ones, and the second view
+    registered to the first at ``second_view_mm`` (the template's 2 mm; the model grid is coarser).
+    ``FULL_RESOLUTION`` refines every start fully and registers the second view at its own
+    resolution (``benchmarks/analysis_speed.py`` times both)."""
+
+    refine_each_start: bool = False
+    second_view_mm: float | None = 2.0
+
+
+FULL_RESOLUTION = RegistrationSchedule(refine_each_start=True, second_view_mm=None)
+
+
 def prepare_pair(
     given: dict[str, tuple[np.ndarray, np.ndarray]],
     template: Template,
     names: dict[str, str] | None = None,
     cancel: CancelToken | None = None,
+    schedule: RegistrationSchedule = RegistrationSchedule(),
 ) -> PreparedPair:
     """Brain extraction and alignment of a pair ({view: (array, affine)}, one or both views): the
     first view is registered to the template brain (mutual information, the metric kept to the
@@ -127,7 +144,8 @@ def prepare_pair(
     masked there. A fit that scales the brain implausibly, or after which the scan hardly
     correlates with the template, raises :class:`AlignmentError` naming the volume (``names``:
     {view: its name}). ``cancel``: raises :class:`~.control.Cancelled` once set, within an
-    iteration of the registration that runs (by default never)."""
+    iteration of the registration that runs (by default never). ``schedule``: how much of each
+    registration's pyramid runs, at what resolution."""
     cancel = cancel or CancelToken()
     reference = to_sitk(template.image, template.affine)
     margin = sitk.BinaryDilate(sitk.Cast(to_sitk(template.mask, template.affine), sitk.sitkUInt8), [4, 4, 4])
@@ -139,7 +157,9 @@ def prepare_pair(
         cancel.check()
         scan = to_sitk(array, affine)
         if first is None:
-            rigid = register(reference, scan, fixed_mask=margin, cancel=cancel)
+            rigid = register(
+                reference, scan, fixed_mask=margin, cancel=cancel, refine_each_start=schedule.refine_each_start
+            )
             similar = register(reference, scan, "similarity", margin, initial=rigid, cancel=cancel)
             agreement = template_agreement(resample(scan, reference, similar), template)
             if not SCALE_RANGE[0] <= similar.GetScale() <= SCALE_RANGE[1] or agreement < MIN_TEMPLATE_AGREEMENT:
@@ -157,7 +177,10 @@ def prepare_pair(
         else:
             # The second view is the fixed image: a slab of few slices then lies wholly inside the
             # first view, so every sample of the metric counts.
-            rigid = register(scan, first, initial=identity_about(scan), cancel=cancel)
+            fixed, moving = scan, first
+            if schedule.second_view_mm is not None:
+                fixed, moving = (coarsened(image, [schedule.second_view_mm] * 3) for image in (scan, first))
+            rigid = register(fixed, moving, initial=identity_about(fixed), cancel=cancel)
             transform = from_ras_matrix(np.linalg.inv(ras_matrix(rigid)) @ ras_matrix(first_to_template))
             mask = resample(first_mask, scan, rigid, nearest=True)
             shared = brain_mutual_information(scan, resample(first, scan, rigid), mask)
