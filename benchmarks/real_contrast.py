@@ -73,15 +73,17 @@ def volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def degraded(array: np.ndarray, affine: np.ndarray, noise: float, rng, thick: bool):
-    """Rician noise at ``noise`` of white matter (the brain's 75th percentile), a bias field and,
-    with ``thick``, slabs of SLICE_MM voxels along the last axis on a grid of that spacing."""
+    """Rician noise at ``noise`` of white matter (the brain's 75th percentile) and a bias field,
+    inside the brain, and, with ``thick``, slabs of SLICE_MM voxels along the last axis on a grid
+    of that spacing."""
     brain = array > 0
     sigma = noise * np.percentile(array[brain], 75)
     field = RandBiasField(coeff_range=(0.3, 0.3), prob=1.0)
     field.set_random_state(int(rng.integers(1 << 31)))
     array = np.asarray(field(array[None]))[0] * brain
     real, imaginary = (rng.normal(0, sigma, array.shape) for _ in range(2))
-    array = np.sqrt((array + real) ** 2 + imaginary**2).astype(np.float32)
+    # Inside the brain only: the templates are brain-extracted, as a prepared clinical scan is.
+    array = (np.sqrt((array + real) ** 2 + imaginary**2) * brain).astype(np.float32)
     if not thick:
         return array, affine
     slabs = array.shape[2] // SLICE_MM
