@@ -11,7 +11,12 @@ degraded view still overlays its clean reference voxel for voxel:
   monotonic (a contrast no sequence in the cohort gave).
 
 Their random, dictionary versions draw the parameters per call (per view when given one key),
-for the contrast-randomised training of :func:`~.data.contrast_randomisation`.
+for the contrast-randomised training of :func:`~.data.view_augmentation`.
+
+MONAI's nearest transforms do other things: ``GibbsNoise`` keeps a sphere of k-space, not the
+box a lower-resolution acquisition keeps; ``RandSimulateLowResolution`` resamples every axis
+alike; ``RandIntensityRemap`` draws its curve over the image's unique values, which for a
+continuous MR image makes it noise rather than a contrast.
 """
 
 from __future__ import annotations
