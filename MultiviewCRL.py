@@ -82,6 +82,7 @@ class MultiviewCRLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.ui.alignButton.connect("clicked(bool)", self.onAlign)
+        self.ui.restoreButton.connect("clicked(bool)", self.onRestore)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.loadModelButton.connect("clicked(bool)", self.onLoadModel)
         self.ui.modelCardButton.connect("clicked(bool)", self.onOpenModelCard)
@@ -127,12 +128,13 @@ class MultiviewCRLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateButtons(self, caller=None, event=None):
         """Apply with a model and at least one input, Align with a model and both, neither during a
         run; the model card's button when the bundle has one."""
-        from MultiviewCRLLib.runtime.control import can_align, can_apply, model_card
+        from MultiviewCRLLib.runtime.control import can_align, can_apply, can_restore, model_card
 
         p = self._parameterNode
         choices = (p.inputT1, p.inputT2, p.modelFolder) if p else (None, None, None)
         self.ui.applyButton.setEnabled(not self._busy and can_apply(*choices))
         self.ui.alignButton.setEnabled(not self._busy and can_align(*choices))
+        self.ui.restoreButton.setEnabled(not self._busy and can_restore(*choices))
         self.ui.modelCardButton.setEnabled(model_card(choices[2]) is not None)
 
     def onLoadModel(self):
@@ -211,14 +213,28 @@ class MultiviewCRLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if check is not None and check.warnings:  # shown after the outputs, which stay for inspection
             slicer.util.warningDisplay("\n\n".join(check.warnings), windowTitle="Multiview CRL: check the inputs")
 
-    def onAlign(self):
+    def runPairAction(self, status: str, action, summary):
+        """``action(t1, t2, model folder, device, runner=…)`` of the logic in the background, its
+        ``summary`` in the status line; its result, or None after a failure or a cancel."""
         p = self._parameterNode
         result = self.runInBackground(
-            "Registering the T2w to the T1w through the content maps…",
-            lambda runner: self.logic.align(p.inputT1, p.inputT2, p.modelFolder, p.device, runner=runner),
+            status, lambda runner: action(p.inputT1, p.inputT2, p.modelFolder, p.device, runner=runner)
         )
         if result is not None:
-            self.ui.statusLabel.text = self.logic.alignmentSummary(result)
+            self.ui.statusLabel.text = summary(result)
+        return result
+
+    def onAlign(self):
+        self.runPairAction(
+            "Registering the T2w to the T1w through the content maps…", self.logic.align, self.logic.alignmentSummary
+        )
+
+    def onRestore(self):
+        result = self.runPairAction(
+            "Restoring the thick-slice T2w on a 2 mm grid…", self.logic.restore, self.logic.restorationSummary
+        )
+        if result is not None:
+            slicer.util.setSliceViewerLayers(background=result["restored"], fit=True)
 
     def onCancel(self):
         if self.cancelRun():
@@ -304,6 +320,22 @@ class MultiviewCRLLogic(ScriptedLoadableModuleLogic):
         from MultiviewCRLLib.slicer_nodes import align_nodes, run_inline
 
         return align_nodes(Path(modelFolder), t1Node, t2Node, device, slicer.mrmlScene, runner or run_inline)
+
+    def restore(self, t1Node, t2Node, modelFolder=DEMO_MODEL, device="auto", runner=None) -> dict:
+        """Restore the low-resolution or thick-slice T2w node on a 2 mm grid (guided by the T1w node
+        when given) and add the restored volume node."""
+        from MultiviewCRLLib.slicer_nodes import restore_nodes, run_inline
+
+        return restore_nodes(Path(modelFolder), t1Node, t2Node, device, slicer.mrmlScene, runner or run_inline)
+
+    @staticmethod
+    def restorationSummary(result: dict) -> str:
+        record = result["record"]
+        guide = "guided by the T1w" if record["network"] == "guided" else "alone"
+        return (
+            f"Added '{result['restored'].GetName()}': the T2w restored on a {record['grid_spacing_mm'][0]:g} mm grid "
+            f"({guide}; {record['seconds']:.1f} s)."
+        )
 
     @staticmethod
     def alignmentSummary(result: dict) -> str:

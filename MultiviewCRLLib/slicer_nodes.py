@@ -25,6 +25,7 @@ from .runtime.control import Cancelled, CancelToken
 from .runtime.device import DeviceError, select_device
 from .runtime.inference import PairAnalysis, analyse_pair, cross_view_name
 from .runtime.preparation import BrainMaskError
+from .runtime.restoration import RestorationError
 
 
 class NodeError(ValueError):
@@ -40,6 +41,10 @@ REMEDIES = {
     BrainMaskError: (
         "Select a brain MRI with background around the head under Inputs; for a raw scan (skull, scalp, "
         "another pose) keep 'Prepare raw scans' on under Model."
+    ),
+    RestorationError: (
+        "Select under Inputs the coarse or thick-slice volume as the T2w and, as its guide, the T1w of the same "
+        "session; a volume as fine as the 2 mm grid needs no restoration."
     ),
     AlignmentError: (
         "Select brain MRI of one subject under Inputs; for scans that are already skull-stripped and aligned "
@@ -236,7 +241,8 @@ def bundle_on(model: Bundle | Path | str, device) -> Bundle:
     """A loaded bundle moved to ``device``, or the bundle folder ``model`` loaded there."""
     if not isinstance(model, Bundle):
         return load_bundle(model, device)
-    model.encoder.to(device), model.decoder.to(device)
+    for module in (model.encoder, model.decoder, *model.restoration.values()):
+        module.to(device)
     return model
 
 
@@ -308,3 +314,33 @@ def align_nodes(
     transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(np.linalg.inv(registration.matrix)))
     t2_node.SetAndObserveTransformNodeID(transform.GetID())
     return {"registration": registration, "transform": transform}
+
+
+def restore_nodes(
+    model: Bundle | Path | str, t1_node, t2_node, device: str = "cpu", scene=None, runner: Callable = run_inline
+) -> dict:
+    """Restore the low-resolution or thick-slice T2w node on a 2 mm grid, guided by the T1w node when
+    one is given, and add the restored volume as a new node over the inputs. Inputs are
+    skull-stripped, as the model's cohort; a failure or a cancel adds nothing.
+
+    Returns {"restored": the new volume node, "record": what was done}.
+    """
+    from .runtime.restoration import restore_scan
+
+    if t2_node is None:
+        raise NodeError("select the low-resolution or thick-slice volume as the T2w")
+    arrays = read_inputs(t1_node, t2_node)
+    names = {"lowres": f"the T2w '{t2_node.GetName()}'"}
+    if t1_node is not None:
+        names["guide"] = f"the T1w '{t1_node.GetName()}'"
+
+    def work(cancel: CancelToken):
+        bundle = bundle_on(model, select_device(device))
+        cancel.check()
+        return restore_scan(bundle, arrays["T2w"], arrays.get("T1w"), names)
+
+    restored = runner(work)
+    node = volume_node_from_array(
+        restored.image[0].numpy(), restored.image.affine.numpy(), f"{t2_node.GetName()} restored", scene
+    )
+    return {"restored": node, "record": restored.record}

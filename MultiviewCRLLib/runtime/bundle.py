@@ -7,7 +7,8 @@ cohort's mean style vector per view) and, optionally, ``template.nii.gz`` with
 raw scans are prepared against), ``cohort.pt`` (the training subjects'
 content embeddings, to place a new pair among them), ``strata.json`` (the cohort's strata, to
 name the one a new pair falls in) and ``input_check.json`` (statistics that tell whether a new
-pair looks like the training data). Loading never executes code from the files.
+pair looks like the training data) and ``restoration.pt`` with ``restoration.json`` (networks that
+restore a low-resolution view, ``restoration.py``). Loading never executes code from the files.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ from .input_check import INPUT_CHECK, InputCheck, load_input_check
 from .networks import build_networks
 from .precision import precision_policy
 from .preparation import TEMPLATE_IMAGE, Template, load_template, save_template
+from .restoration import RESTORATION_SETTINGS, RESTORATION_WEIGHTS, RestorationNetwork, load_restoration
 from .storage import atomic_torch_save, atomic_write_json, staged_folder
 from .strata import STRATA, Strata, load_strata
 
@@ -36,6 +38,8 @@ COHORT = "cohort.pt"
 BUNDLE_FORMAT = 1
 # The evaluation of the run a bundle came from; travels with the bundle when it is exported.
 EVALUATION_FILES = ("metrics.json", "report.png", STRATA, "strata.tsv", "strata.png", INPUT_CHECK, MODEL_CARD)
+# Trained after the bundle, beside it; they travel with it too.
+RESTORATION_FILES = (RESTORATION_WEIGHTS, RESTORATION_SETTINGS)
 
 
 class BundleError(ValueError):
@@ -55,6 +59,7 @@ class Bundle:
     strata: Strata | None = None
     input_check: InputCheck | None = None
     template: Template | None = None  # the space its training inputs were in; None: inputs taken as prepared
+    restoration: dict[str, RestorationNetwork] = field(default_factory=dict)  # by GUIDES name
 
     @property
     def content_dim(self) -> int:
@@ -159,6 +164,7 @@ def load_bundle(folder: Path, device: str | torch.device = "cpu") -> Bundle:
             setattr(bundle, attribute, load(folder))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, OSError) as err:
             raise BundleError(f"model bundle {folder}: {name} is invalid ({type(err).__name__}: {err})") from err
+    bundle.restoration = load_restoration(folder, device)
     return bundle
 
 
@@ -183,7 +189,7 @@ def export_bundle(source: Path, destination: Path, half: bool = True) -> Path:
             cohort=cohort,
             template=bundle.template,
         )
-        for name in EVALUATION_FILES:
+        for name in EVALUATION_FILES + RESTORATION_FILES:
             if (source / name).is_file():
                 shutil.copyfile(source / name, staging / name)
     return destination

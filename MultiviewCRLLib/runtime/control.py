@@ -51,6 +51,11 @@ def can_align(t1, t2, model_folder) -> bool:
     return t1 is not None and t2 is not None and model_chosen(model_folder)
 
 
+def can_restore(t1, t2, model_folder) -> bool:
+    """The restoration needs the T2w (the low-resolution view) and a model; the T1w guides it when given."""
+    return t2 is not None and model_chosen(model_folder)
+
+
 def model_card(model_folder) -> Path | None:
     """The bundle's model card, or None when the folder has none."""
     if not model_chosen(model_folder):

@@ -107,16 +107,41 @@ def ready_for_preprocessing(
         ready[view] = (array, affine)
         if rescaled:
             out.notes.append(f"{volume_words(view, names)}: {rescaled}")
-    if not prepare:
+    spacings = {view: np.linalg.norm(np.asarray(affine)[:3, :3], axis=0) for view, (_, affine) in given.items()}
+    if prepare:
+        prepared = prepare_pair(ready, bundle.template, names, cancel)
+        out.to_input = prepared.to_input[next(iter(prepared.images))]
+        out.brain_masks = prepared.brain_masks
+        out.notes.append(
+            "skull and scalp removed with the template's brain mask and the pair aligned to the template; "
+            "the outputs sit in the template's space, placed over the inputs by a transform"
+        )
+        ready = prepared.images
+    return restored_if_coarse(bundle, ready, spacings, names, out, cancel)
+
+
+def restored_if_coarse(bundle: Bundle, ready: dict, spacings: dict, names, out: PairAnalysis, cancel) -> dict:
+    """``ready`` with the view the bundle's restoration networks restore replaced by its restoration
+    (guided by the other view when given) when its voxels (``spacings`` {view: mm per axis}, as
+    acquired) are much coarser than the model grid; said in ``out``'s notes."""
+    from .restoration import COARSER_BY, restore_scan
+
+    networks = list(bundle.restoration.values())
+    view = networks[0].config.view if networks else None
+    model_mm = float(np.max(bundle.preprocessing.spacing_mm))
+    if view not in ready or float(np.max(spacings[view])) < COARSER_BY * model_mm:
         return ready
-    prepared = prepare_pair(ready, bundle.template, names, cancel)
-    out.to_input = prepared.to_input[next(iter(prepared.images))]
-    out.brain_masks = prepared.brain_masks
+    cancel.check()
+    guide_view = other_view(view)
+    called = {"lowres": volume_words(view, names), "guide": volume_words(guide_view, names)}
+    restored = restore_scan(bundle, ready[view], ready.get(guide_view), called, check_guide=False)
+    acquired = " x ".join(f"{s:.1f}" for s in spacings[view])
+    guided = f"guided by {called['guide']}" if guide_view in ready else "alone"
     out.notes.append(
-        "skull and scalp removed with the template's brain mask and the pair aligned to the template; "
-        "the outputs sit in the template's space, placed over the inputs by a transform"
+        f"{called['lowres']} ({acquired} mm voxels) is much coarser than the model's {model_mm:g} mm grid: "
+        f"it was restored on a {restored.record['grid_spacing_mm'][0]:g} mm grid ({guided}) before the analysis"
     )
-    return prepared.images
+    return {**ready, view: (restored.image[0].numpy(), restored.image.affine.numpy())}
 
 
 @torch.no_grad()

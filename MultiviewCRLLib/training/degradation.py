@@ -11,7 +11,9 @@ degraded view still overlays its clean reference voxel for voxel:
   monotonic (a contrast no sequence in the cohort gave).
 
 Their random, dictionary versions draw the parameters per call (per view when given one key),
-for the contrast-randomised training of :func:`~.data.view_augmentation`.
+for the contrast-randomised training of :func:`~.data.view_augmentation`. The first two also give
+the acquisition itself, on its own coarser grid with its affine (``acquire``): what a scanner
+writes, which the cohort's low-resolution views and the restoration are made from.
 
 MONAI's nearest transforms do other things: ``GibbsNoise`` keeps a sphere of k-space, not the
 box a lower-resolution acquisition keeps; ``RandSimulateLowResolution`` resamples every axis
@@ -53,6 +55,17 @@ class KSpaceTruncation(Transform):
         out = torch.fft.ifftn(torch.fft.ifftshift(spectrum, dim=(1, 2, 3)), dim=(1, 2, 3)).abs()
         return convert_to_dst_type(out, img)[0]
 
+    def acquire(self, volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(X, Y, Z) and its affine -> the acquisition of the central ``1 / factor`` of k-space on its
+        own grid of about (X, Y, Z) / factor voxels (the same field of view), and that grid's affine."""
+        shape = np.asarray(volume.shape)
+        kept = np.maximum(1, np.rint(shape / np.broadcast_to(np.asarray(self.factor, dtype=float), (3,)))).astype(int)
+        spectrum = np.fft.fftshift(np.fft.fftn(np.asarray(volume, dtype=np.float64)))
+        box = tuple(slice(n // 2 - m // 2, n // 2 - m // 2 + m) for n, m in zip(shape, kept))
+        low = np.abs(np.fft.ifftn(np.fft.ifftshift(spectrum[box]))) * (kept.prod() / shape.prod())
+        # The m-point inverse transform samples the band-limited image at every n / m voxels from voxel 0.
+        return low.astype(np.float32), np.asarray(affine, dtype=float) @ np.diag([*(shape / kept), 1.0])
+
 
 class ThickSlices(Transform):
     """(C, X, Y, Z) -> (C, X, Y, Z): slabs ``thickness`` voxels thick (each the mean of its voxels)
@@ -64,8 +77,9 @@ class ThickSlices(Transform):
         self.axis, self.thickness, self.offset = axis, thickness, offset
         self.spacing = thickness if spacing is None else spacing
 
-    def __call__(self, img):
-        x = convert_to_tensor(img, track_meta=False).float()
+    def slabs(self, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        """(C, X, Y, Z) -> each slab's mean image (C, A, B, slabs), ``axis`` last, and the slab
+        centres in voxels along ``axis`` (voxel i covers [i, i + 1))."""
         moved = x.movedim(self.axis + 1, -1)  # (C, A, B, N)
         n = moved.shape[-1]
         # Voxel i covers [i, i + 1); a slab centred at c covers [c - t / 2, c + t / 2).
@@ -80,7 +94,23 @@ class ThickSlices(Transform):
             None,
         )  # (slabs, N): each voxel's share of each slab
         weights = torch.as_tensor(overlap / overlap.sum(1, keepdims=True).clip(1e-6), dtype=x.dtype)
-        slabs = moved @ weights.T  # (C, A, B, slabs)
+        return moved @ weights.T, centres
+
+    def acquire(self, volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(X, Y, Z) and its affine -> the slabs as a volume (one voxel per slab along ``axis``) and
+        its affine: ``spacing`` voxels apart from the first slab's centre."""
+        slabs, centres = self.slabs(torch.as_tensor(np.asarray(volume, dtype=np.float32))[None])
+        scale = np.ones(4)
+        scale[self.axis] = self.spacing
+        shift = np.eye(4)
+        shift[self.axis, 3] = centres[0] - 0.5  # from voxel-edge to voxel-centre coordinates
+        return slabs[0].movedim(-1, self.axis).numpy(), np.asarray(affine, dtype=float) @ shift @ np.diag(scale)
+
+    def __call__(self, img):
+        x = convert_to_tensor(img, track_meta=False).float()
+        slabs, centres = self.slabs(x)
+        n = x.shape[self.axis + 1]
+        voxel = np.arange(n)
         # Back onto the voxel centres (i + 0.5): linear between slab centres.
         position = np.interp(voxel + 0.5, centres, np.arange(len(centres)))
         lower = np.floor(position).astype(int)
@@ -88,6 +118,25 @@ class ThickSlices(Transform):
         fraction = torch.as_tensor(position - lower, dtype=x.dtype)
         out = slabs[..., lower] * (1 - fraction) + slabs[..., upper] * fraction
         return convert_to_dst_type(out.movedim(-1, self.axis + 1), img)[0]
+
+
+THICK_SLICE_MM = 6.0
+
+
+def thick_slice_acquisition(rng: np.random.Generator, spacing_mm: float) -> ThickSlices:
+    """Slabs THICK_SLICE_MM thick along a random axis, gaps up to 30 % of a slab, a random offset,
+    on a grid of ``spacing_mm`` voxels."""
+    thickness = THICK_SLICE_MM / spacing_mm
+    spacing = thickness * rng.uniform(1.0, 1.3)
+    return ThickSlices(int(rng.integers(3)), thickness, spacing, rng.uniform(0, spacing))
+
+
+# The cohort's low-resolution views: name -> (BIDS ``acq-`` label, the acquisition drawn from a
+# random generator and the cohort's voxel size).
+LOWRES_ACQUISITIONS = {
+    "k-space x2": ("kspace2", lambda rng, spacing_mm: KSpaceTruncation(2.0)),
+    f"thick slices {THICK_SLICE_MM:g} mm": (f"thick{THICK_SLICE_MM:g}mm", thick_slice_acquisition),
+}
 
 
 class IntensityCurve(Transform):

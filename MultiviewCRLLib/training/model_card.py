@@ -1,8 +1,9 @@
 """A bundle's model card (``MODEL_CARD.md``), written from its settings and its evaluation.
 
 Sections: intended use and what it must not be used for, training data, preparation, the model,
-metrics beside their targets, known limitations with figures, and the input check's false-alarm
-rate. Every figure is read from the bundle's ``metrics.json``; none is typed in.
+metrics beside their targets, known limitations with figures, the input check's false-alarm
+rate, and the restoration networks with their figures. Every figure is read from the bundle's
+``metrics.json`` or ``restoration.json``; none is typed in.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from ..config import VIEWS, image_key, r2_key, retrieval_key, view_accuracy_key
 from ..runtime.control import MODEL_CARD
+from ..runtime.restoration import RESTORATION_SETTINGS
 from ..runtime.storage import atomic_write_bytes
 
 SECTIONS = (
@@ -24,6 +26,7 @@ SECTIONS = (
     "Metrics",
     "Known limitations",
     "Input check",
+    "Restoration",
 )
 
 
@@ -114,8 +117,30 @@ def training_data_words(settings: dict) -> str:
     return f"`{dataset}` (see the run's `discovery.tsv` and `splits.tsv` for the subjects and their split)."
 
 
-def model_card(settings: dict, metrics: dict) -> str:
-    """The card's Markdown text from a bundle's settings.json and metrics.json (either may be empty)."""
+def restoration_words(restoration: dict) -> str:
+    """The Restoration section from a bundle's restoration.json (empty: the bundle has none)."""
+    if not restoration:
+        return "None: this bundle restores no low-resolution view."
+    networks = restoration.get("networks", {})
+    lines = [
+        f"Networks: {', '.join(networks)}, restoring the {next(iter(networks.values()), {}).get('view', '?')} on a "
+        f"2 mm grid; trained on {restoration.get('subjects', '?')} subjects of `{restoration.get('trained_on', '?')}` "
+        f"for {restoration.get('steps', '?')} steps. Measured by `python benchmarks/restoration.py` on "
+        f"{restoration.get('test_subjects', '?')} test subjects against the noise-free references (PSNR, dB):",
+        "",
+        "| acquisition | B-spline | restored alone | restored, guided by the other view |",
+        "|---|---|---|---|",
+    ]
+    for degradation, methods in restoration.get("measured", {}).items():
+        cells = (methods.get(name, {}).get("psnr", float("nan")) for name in ("B-spline", "alone", "guided"))
+        lines.append(f"| {degradation} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+    lines += ["", "A restored view is an estimate from the acquired one and its guide: read findings from the scans."]
+    return "\n".join(lines)
+
+
+def model_card(settings: dict, metrics: dict, restoration: dict | None = None) -> str:
+    """The card's Markdown text from a bundle's settings.json, metrics.json and restoration.json
+    (any may be empty)."""
     model, grid = settings.get("model", {}), settings.get("preprocessing", {})
     subjects = metrics.get("subjects", {})
     check = metrics.get("input_check", {})
@@ -162,15 +187,18 @@ def model_card(settings: dict, metrics: dict) -> str:
             + ", ".join(f"{v} {t:.2f}" for v, t in check.get("atypicality_threshold", {}).items())
             + f"; one-person content cosine threshold {check.get('same_subject_threshold', float('nan')):.4f}."
         ),
+        "Restoration": restoration_words(restoration or {}),
     }
     title = f"# Model card: {settings.get('run', 'MultiviewCRL bundle')}\n"
     return title + "".join(f"\n## {name}\n\n{sections[name]}\n" for name in SECTIONS)
 
 
 def write_model_card(bundle_dir: Path) -> Path:
-    """Write ``MODEL_CARD.md`` into a bundle folder from its settings.json and metrics.json."""
+    """Write ``MODEL_CARD.md`` into a bundle folder from its settings.json, metrics.json and restoration.json."""
     bundle_dir = Path(bundle_dir)
     settings = json.loads((bundle_dir / "settings.json").read_text())
-    metrics_path = bundle_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    return atomic_write_bytes(bundle_dir / MODEL_CARD, model_card(settings, metrics).encode())
+    metrics, restoration = (
+        json.loads((bundle_dir / name).read_text()) if (bundle_dir / name).is_file() else {}
+        for name in ("metrics.json", RESTORATION_SETTINGS)
+    )
+    return atomic_write_bytes(bundle_dir / MODEL_CARD, model_card(settings, metrics, restoration).encode())

@@ -72,6 +72,24 @@ DSEG_LABELS = {0: "background", 1: "CSF", 2: "GM", 3: "WM", 4: "lesion"}
 REFERENCE_DERIVATIVE = Path("derivatives") / "noisefree"
 
 
+# Low-resolution acquisitions of each T2w (``degradation.LOWRES_ACQUISITIONS``), when asked for.
+LOWRES_DERIVATIVE = Path("derivatives") / "lowres"
+LOWRES_VIEW = "T2w"
+
+
+def lowres_view(image: Path, label: str) -> Path:
+    """Where a cohort image's low-resolution acquisition ``acq-<label>`` is written."""
+    image = Path(image)
+    subject = image.parents[1].name
+    return (
+        image.parents[2]
+        / LOWRES_DERIVATIVE
+        / subject
+        / "anat"
+        / image.name.replace(f"{subject}_", f"{subject}_acq-{label}_")
+    )
+
+
 def noise_free_reference(image: Path) -> Path | None:
     """The noise-free reference of a cohort image ``<root>/sub-X/anat/sub-X_<view>.nii.gz``, if written."""
     image = Path(image)
@@ -293,7 +311,7 @@ def _init_worker(spacing_mm: float, threads: int | None = None) -> None:
 
 def _generate_subject(job: tuple[int, int, str, dict[str, float], str]) -> dict[str, float]:
     """Write one subject's two NIfTI files; return its realised factors."""
-    index, seed, subject, design, out_dir = job
+    index, seed, subject, design, out_dir, lowres = job
     gen = _WORKER
     rng = np.random.default_rng([seed, 2, index])
     centers = gen.lesion_centers(design, rng)
@@ -311,11 +329,27 @@ def _generate_subject(job: tuple[int, int, str, dict[str, float], str]) -> dict[
         noisy, clean = gen.render(tissues, style, rng)
         _save(noisy, gen.affine, anat / f"{subject}_{view}.nii.gz")
         _save(clean, gen.affine, reference_dir / f"{subject}_{view}.nii.gz")
+        if lowres and view == LOWRES_VIEW:
+            _save_lowres_views(
+                noisy, gen.affine, anat / f"{subject}_{view}.nii.gz", np.random.default_rng([seed, 3, index])
+            )
         factors.update({f"{view.lower()}_{k}": v for k, v in style.items()})
     seg_dir = Path(out_dir) / "derivatives" / "tissues" / subject / "anat"
     seg_dir.mkdir(parents=True, exist_ok=True)
     _save(gen.segmentation(tissues), gen.affine, seg_dir / f"{subject}_dseg.nii.gz")
     return factors
+
+
+def _save_lowres_views(volume: np.ndarray, affine: np.ndarray, image: Path, rng: np.random.Generator) -> None:
+    """Each low-resolution acquisition of ``volume`` (the view written to ``image``), as int16."""
+    from .degradation import LOWRES_ACQUISITIONS
+
+    spacing_mm = float(np.linalg.norm(affine[:3, 0]))
+    for label, draw in LOWRES_ACQUISITIONS.values():
+        low, low_affine = draw(rng, spacing_mm).acquire(volume.astype(np.float32), affine)
+        path = lowres_view(image, label)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _save(np.clip(np.rint(low), 0, np.iinfo(np.int16).max).astype(np.int16), low_affine, path)
 
 
 def _save(volume: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -330,18 +364,20 @@ def generate_cohort(
     workers: int | None = None,
     show_progress: bool = False,
     design: str = "adni",
+    lowres_views: bool = False,
 ) -> Path:
     """Write a complete BIDS dataset of ``n_subjects`` paired T1w/T2w subjects into ``out_dir``,
     their factors drawn by ``design`` (``factors.DESIGNS``: ADNI-shaped, or all independent).
 
     The dataset is written to a temporary sibling folder and moved into place only when complete,
     so an interrupted run never leaves a half-written cohort behind. ``show_progress``: a progress bar.
+    ``lowres_views``: also each T2w's low-resolution acquisitions, under ``derivatives/lowres``.
     """
     out_dir = Path(out_dir)
     with staged_folder(out_dir, replace=True) as staging:
         designs = draw_design(n_subjects, seed, design)
         subjects = [f"sub-{i + 1:04d}" for i in range(n_subjects)]
-        jobs = [(i, seed, subjects[i], designs[i], str(staging)) for i in range(n_subjects)]
+        jobs = [(i, seed, subjects[i], designs[i], str(staging), lowres_views) for i in range(n_subjects)]
         workers = workers or min(os.cpu_count() or 1, n_subjects)
         progress = {"total": n_subjects, "desc": "synthetic cohort", "unit": "subject", "disable": not show_progress}
         if workers > 1:
@@ -419,6 +455,11 @@ def main(argv: list[str] | None = None) -> int:
         default="adni",
         help="adni: diagnosis and age drive atrophy, ventricles and lesions; independent: every factor uniform",
     )
+    parser.add_argument(
+        "--lowres-views",
+        action="store_true",
+        help="also write each T2w acquired at low resolution (k-space x2, 6 mm slabs) under derivatives/lowres",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     args = parser.parse_args(argv)
     if args.subjects < 1:
@@ -432,7 +473,14 @@ def main(argv: list[str] | None = None) -> int:
     _check_output(parser, args.out, args.overwrite)
     try:
         generate_cohort(
-            args.out, args.subjects, args.seed, args.spacing, args.workers, show_progress=True, design=args.design
+            args.out,
+            args.subjects,
+            args.seed,
+            args.spacing,
+            args.workers,
+            show_progress=True,
+            design=args.design,
+            lowres_views=args.lowres_views,
         )
     except OSError as err:
         print(f"error: could not write the cohort to {args.out}: {err}", file=sys.stderr)

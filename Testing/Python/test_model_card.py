@@ -46,6 +46,20 @@ def test_a_missed_target_is_listed_as_a_limitation():
 
 
 def test_the_bundled_model_card_is_current():
-    settings = json.loads((DEMO / "settings.json").read_text())
-    metrics = json.loads((DEMO / "metrics.json").read_text())
-    assert (DEMO / MODEL_CARD).read_text() == model_card(settings, metrics)
+    settings, metrics, restoration = (
+        json.loads((DEMO / name).read_text()) for name in ("settings.json", "metrics.json", "restoration.json")
+    )
+    assert (DEMO / MODEL_CARD).read_text() == model_card(settings, metrics, restoration)
+
+
+def test_the_card_gives_the_restoration_figures_it_was_measured_with():
+    restoration = {
+        "networks": {"guided": {"view": "T2w"}, "unguided": {"view": "T2w"}},
+        "subjects": 100,
+        "steps": 1000,
+        "test_subjects": 60,
+        "measured": {"k-space x2": {"B-spline": {"psnr": 21.5}, "alone": {"psnr": 23.25}, "guided": {"psnr": 26.125}}},
+    }
+    section = model_card({}, {}, restoration).split("## Restoration")[1]
+    assert "| k-space x2 | 21.50 | 23.25 | 26.12 |" in section and "on 60 test subjects" in section
+    assert "restores no low-resolution view" in model_card({}, {}).split("## Restoration")[1]

@@ -1,0 +1,241 @@
+"""Training the restoration networks of ``runtime/restoration.py`` on a cohort with noise-free
+high-resolution references (the synthetic cohort writes them).
+
+Each training subject's restored view is acquired at low resolution (``LOWRES_ACQUISITIONS``, from its
+noisy image on the cohort's grid), resampled onto the guide view's preprocessed grid and restored
+there. Two losses, after the unpaired contrastive super-resolution paper:
+
+- supervised, L1 + SSIM against the noise-free reference, for the subjects whose high-resolution
+  volume is available (``hr_fraction`` of them);
+- contrastive, for every subject: features of a restored patch against real high-resolution
+  patches of *other* subjects (the cohort shares one template space): the positive is the patch
+  at the same place, the negatives are the batch's other real patches and every interpolated
+  input patch. The feature network learns from real patches only (one real patch as the anchor of
+  another subject's at the same place), so what it rewards is real high-resolution anatomy, and
+  an interpolated patch is what it pushes away.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.losses import SSIMLoss
+from monai.networks.blocks import Convolution
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from ..config import PreprocessingConfig
+from ..runtime.precision import precision_policy
+from ..runtime.preprocessing import preprocess_file
+from ..runtime.restoration import (
+    RestorationConfig,
+    RestorationNetwork,
+    guide_channels,
+    onto_grid,
+    standardised,
+)
+from .degradation import LOWRES_ACQUISITIONS
+from .discovery import Pair
+from .synthetic import noise_free_reference
+
+
+@dataclass
+class RestorationCase:
+    """One subject's view acquired by one degradation, on the guide's preprocessed grid; tensors
+    (1, X, Y, Z) unless said: ``lowres`` (linear interpolation) and ``bspline`` of the acquisition,
+    ``reference`` the noise-free high-resolution view, ``guide`` (1 + K, X, Y, Z) the guide
+    channels, ``mask`` the brain, ``grid`` the guide's preprocessed image (its affine says where
+    the grid is); ``acquisition`` the acquired array and its affine."""
+
+    subject: str
+    degradation: str
+    lowres: torch.Tensor
+    bspline: torch.Tensor
+    reference: torch.Tensor
+    guide: torch.Tensor
+    mask: torch.Tensor
+    grid: MetaTensor
+    acquisition: tuple[np.ndarray, np.ndarray]
+
+
+def restoration_cases(
+    pairs: list[Pair], bundle, config: RestorationConfig, seed: int = 0, grid: PreprocessingConfig | None = None
+) -> list[RestorationCase]:
+    """Every degradation of each pair's ``config.view``, guided by its other view (``bundle``'s map)."""
+    from ..config import VIEW_NAMES, VIEWS
+
+    grid = grid or PreprocessingConfig()
+    view_key = {name: key for key, name in VIEW_NAMES.items()}
+    guide_view = next(v for v in VIEWS if v != config.view)
+    cases = []
+    for index, pair in enumerate(pairs):
+        rng = np.random.default_rng([seed, index])
+        restored_path = getattr(pair, view_key[config.view])
+        guide_image, guide_mask = preprocess_file(getattr(pair, view_key[guide_view]), grid)
+        reference, reference_mask = preprocess_file(noise_free_reference(restored_path), grid)
+        mask = (guide_mask * reference_mask).as_tensor()
+        guide = guide_channels(bundle, guide_image.as_tensor(), mask, grid.spacing_mm[0], guide_view)
+        image = nib.load(restored_path)
+        volume, affine = np.asarray(image.dataobj, dtype=np.float32), image.affine
+        for name, (_, degradation) in LOWRES_ACQUISITIONS.items():
+            acquisition = degradation(rng, float(image.header.get_zooms()[0])).acquire(volume, affine)
+            lowres, bspline = (
+                standardised(onto_grid(*acquisition, guide_image, interpolator), mask)
+                for interpolator in ("linear", "B-spline")
+            )
+            cases.append(
+                RestorationCase(
+                    pair.key, name, lowres, bspline, reference.as_tensor() * mask, guide, mask, guide_image, acquisition
+                )
+            )
+    return cases
+
+
+class PatchFeatures(nn.Sequential):
+    """(B, 1, P, P, P) -> (B, features) unit vectors: three strided convolutions, pooled, projected."""
+
+    def __init__(self, features: int = 64, channels: tuple[int, ...] = (16, 32, 64)):
+        widths = (1, *channels)
+        super().__init__(
+            *(
+                Convolution(3, a, b, strides=2, act="leakyrelu", norm="instance")
+                for a, b in zip(widths[:-1], widths[1:])
+            ),
+            nn.AdaptiveAvgPool3d(1),
+            nn.Flatten(),
+            nn.Linear(channels[-1], features),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(super().forward(x).float(), dim=1)
+
+
+def patch_nce(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, tau: float) -> torch.Tensor:
+    """InfoNCE of anchors (B, D) against their positives (B, D) (row i's is row i) and the other
+    rows of ``positive`` plus every row of ``negatives`` (N, D); all unit vectors."""
+    logits = anchor @ torch.cat([positive, negatives]).T / tau
+    return F.cross_entropy(logits, torch.arange(len(anchor), device=anchor.device))
+
+
+@dataclass(frozen=True)
+class RestorationTraining:
+    """``hr_fraction`` of the training subjects have their high-resolution volume (supervision, and
+    the pool of real patches); ``contrastive_weight`` 0 turns the contrastive loss off."""
+
+    steps: int = 1500
+    batch_size: int = 4
+    patch: int = 32
+    lr: float = 1e-3
+    hr_fraction: float = 1.0
+    contrastive_weight: float = 0.1
+    ssim_weight: float = 0.1
+    tau: float = 0.1
+    seed: int = 0
+
+
+class PatchSampler:
+    """Random patches (``size``^3) of the training cases, centred on a brain voxel."""
+
+    def __init__(self, cases: list[RestorationCase], size: int, rng: np.random.Generator):
+        self.cases, self.size, self.rng = cases, size, rng
+        self.inside = [torch.nonzero(c.mask[0] > 0.5) for c in cases]
+
+    def corner(self, case: int) -> tuple[int, int, int]:
+        voxels = self.inside[case]
+        centre = voxels[self.rng.integers(len(voxels))].numpy()
+        shape = np.asarray(self.cases[case].mask.shape[1:])
+        return tuple(np.clip(centre - self.size // 2, 0, shape - self.size).astype(int))
+
+    def crop(self, volume: torch.Tensor, corner) -> torch.Tensor:
+        x, y, z = corner
+        return volume[:, x : x + self.size, y : y + self.size, z : z + self.size]
+
+
+def train_restoration(
+    cases: list[RestorationCase],
+    config: RestorationConfig,
+    training: RestorationTraining,
+    device: torch.device,
+    log: Callable[[int, dict], None] | None = None,
+) -> tuple[RestorationNetwork, list[dict]]:
+    """A restoration network trained on ``cases``; returns it and each step's losses."""
+    torch.manual_seed(training.seed)
+    rng = np.random.default_rng(training.seed)
+    policy = precision_policy(device)
+    network = RestorationNetwork(config).to(device, memory_format=policy.memory_format)
+    features = PatchFeatures().to(device)
+    optimiser = torch.optim.Adam([*network.parameters(), *features.parameters()], lr=training.lr)
+    ssim = SSIMLoss(spatial_dims=3, data_range=4.0, win_size=5)  # 11-voxel windows tripled the step
+    subjects = sorted({c.subject for c in cases})
+    with_hr = set(subjects[: max(2, math.ceil(training.hr_fraction * len(subjects)))])
+    pool = [i for i, c in enumerate(cases) if c.subject in with_hr]
+    sampler = PatchSampler(cases, training.patch, rng)
+    history = []
+    for step in range(training.steps):
+        # Half of each batch from the subjects with a high-resolution volume, so that every step
+        # is supervised; the rest from any subject.
+        half = training.batch_size // 2
+        picked = np.concatenate([rng.choice(pool, half), rng.integers(len(cases), size=training.batch_size - half)])
+        corners = [sampler.corner(i) for i in picked]
+        x = torch.stack([sampler.crop(_channels(cases[i], config), c) for i, c in zip(picked, corners)])
+        target = torch.stack([sampler.crop(cases[i].reference, c) for i, c in zip(picked, corners)]).to(device)
+        inside = torch.stack([sampler.crop(cases[i].mask, c) for i, c in zip(picked, corners)]).to(device)
+        supervised = torch.tensor([cases[i].subject in with_hr for i in picked], device=device)
+        with policy.autocast():
+            restored = network(policy.place(x)).float() * inside
+        terms = {}
+        if supervised.any():
+            kept = supervised.nonzero()[:, 0]
+            terms["l1"] = (restored[kept] - target[kept]).abs().mean() / inside[kept].mean().clamp_min(1e-6)
+            terms["ssim"] = training.ssim_weight * ssim(restored[kept], target[kept])
+        if training.contrastive_weight:
+            real = [
+                torch.stack(
+                    [sampler.crop(cases[_other(pool, cases, i, rng)].reference, c) for i, c in zip(picked, corners)]
+                )
+                for _ in range(2)
+            ]
+            interpolated = x[:, :1].to(device)
+            frozen = {k: v.detach() for k, v in features.named_parameters()}
+            positives, anchors = (features(r.to(device)) for r in real)
+            negatives = features(interpolated)
+            # The feature network learns from real patches; the restoration from its frozen copy.
+            terms["features"] = patch_nce(anchors, positives, negatives, training.tau)
+            restored_features = functional_call(features, frozen, (restored,))
+            terms["contrastive"] = training.contrastive_weight * patch_nce(
+                restored_features, positives.detach(), negatives.detach(), training.tau
+            )
+        loss = sum(terms.values())
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 2.0)
+        optimiser.step()
+        history.append({name: value.item() for name, value in terms.items()})
+        if log is not None:
+            log(step, history[-1])
+    return network.eval(), history
+
+
+def _real_patches(sampler: PatchSampler, pool: list[int], picked, corners, rng) -> torch.Tensor:
+    """(B, 1, P, P, P): each picked case's patch in the reference of a pool case of another subject."""
+    cases = sampler.cases
+    return torch.stack([sampler.crop(cases[_other(pool, cases, i, rng)].reference, c) for i, c in zip(picked, corners)])
+
+
+def _channels(case: RestorationCase, config: RestorationConfig) -> torch.Tensor:
+    return torch.cat([case.lowres, case.guide]) if config.guided else case.lowres
+
+
+def _other(pool: list[int], cases: list[RestorationCase], index: int, rng: np.random.Generator) -> int:
+    """A pool case of another subject than case ``index``'s."""
+    while True:
+        other = pool[rng.integers(len(pool))]
+        if cases[other].subject != cases[index].subject:
+            return other
