@@ -60,6 +60,7 @@ def test_the_card_gives_the_restoration_figures_it_was_measured_with():
         "test_subjects": 60,
         "measured": {"k-space x2": {"B-spline": {"psnr": 21.5}, "alone": {"psnr": 23.25}, "guided": {"psnr": 26.125}}},
     }
-    section = model_card({}, {}, restoration).split("## Restoration")[1]
+    settings = {"dataset": "ADNI", "preprocessing": {"spacing_mm": [2.0, 2.0, 2.0]}}
+    section = model_card(settings, {}, restoration).split("## Restoration")[1]
     assert "| k-space x2 | 21.50 | 23.25 | 26.12 |" in section and "on 60 test subjects" in section
-    assert "restores no low-resolution view" in model_card({}, {}).split("## Restoration")[1]
+    assert "restores no low-resolution view" in model_card(settings, {}).split("## Restoration")[1]
