@@ -11,7 +11,7 @@ import slicer.util
 from conftest import volume_path
 
 from MultiviewCRLLib.config import PRESETS, image_key, r2_key, retrieval_key
-from MultiviewCRLLib.runtime.bundle import EVALUATION_FILES, load_bundle
+from MultiviewCRLLib.runtime.bundle import EVALUATION_FILES, RESTORATION_FILES, load_bundle
 from MultiviewCRLLib.runtime.preparation import TEMPLATE_FILES
 from MultiviewCRLLib.slicer_nodes import analyse_nodes, read_volume_node
 
@@ -25,7 +25,7 @@ def demo_bundle():
 
 def test_ships_small_and_complete():
     names = {p.name for p in DEMO_MODEL.iterdir()}
-    assert names == {"weights.pt", "settings.json", "cohort.pt", *EVALUATION_FILES, *TEMPLATE_FILES}
+    assert names == {"weights.pt", "settings.json", "cohort.pt", *EVALUATION_FILES, *TEMPLATE_FILES, *RESTORATION_FILES}
     assert sum(p.stat().st_size for p in DEMO_MODEL.iterdir()) <= 30 * 2**20
 
 
