@@ -88,13 +88,14 @@ def evaluate(cases, pairs, bundle, networks, grid) -> tuple[dict, dict]:
     images of the first three subjects for the figure."""
     by_subject = {p.key: p for p in pairs}
     rows, examples, seconds = {}, {}, []
-    crossed = {}
+    crossed, labels_of = {}, {}  # per subject, shared by its degradations
     for case in cases:
         pair = by_subject[case.subject]
         mask = case.mask
         if case.subject not in crossed:
             crossed[case.subject] = cross_view(bundle, pair, case.grid, mask)
-        labels = labels_on_grid(tissue_labels(pair.t1), grid)
+            labels_of[case.subject] = labels_on_grid(tissue_labels(pair.t1), grid)
+        labels = labels_of[case.subject]
         images = {"trilinear": case.lowres, "B-spline": case.bspline, "cross-view (T1w alone)": crossed[case.subject]}
         for name, (network, config) in networks.items():
             start = time.perf_counter()
