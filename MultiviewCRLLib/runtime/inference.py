@@ -134,7 +134,9 @@ def restored_if_coarse(bundle: Bundle, ready: dict, spacings: dict, names, out: 
     cancel.check()
     guide_view = other_view(view)
     called = {"lowres": volume_words(view, names), "guide": volume_words(guide_view, names)}
-    restored = restore_scan(bundle, ready[view], ready.get(guide_view), called, check_guide=False)
+    restored = restore_scan(
+        bundle, ready[view], ready.get(guide_view), called, check_guide=False, acquired_spacing=spacings[view]
+    )
     acquired = " x ".join(f"{s:.1f}" for s in spacings[view])
     guided = f"guided by {called['guide']}" if guide_view in ready else "alone"
     out.notes.append(

@@ -199,6 +199,7 @@ def restore_scan(
     names: dict[str, str] | None = None,
     grid: PreprocessingConfig | None = None,
     check_guide: bool = True,
+    acquired_spacing=None,
 ) -> Restored:
     """Restore the low-resolution view (array, RAS affine) on the 2 mm grid (``grid``) of the
     guide (array, affine) when given, else on its own, with the bundle's restoration networks;
@@ -207,7 +208,9 @@ def restore_scan(
 
     Raises RestorationError when no network fits, when the view is not coarser than the grid, or
     (``check_guide``, with the bundle's input check) when the guide does not look like the same
-    person; ``names`` {"lowres", "guide"} word them.
+    person; ``names`` {"lowres", "guide"} word them. ``acquired_spacing`` (mm per axis): the view's
+    voxels as acquired, when ``lowres`` was resampled since (the scan preparation); by default its
+    affine's.
     """
     from .preprocessing import preprocess_array
 
@@ -216,7 +219,7 @@ def restore_scan(
     network = bundle.restoration.get(GUIDES[guide is not None])
     if network is None:
         raise RestorationError(f"this model bundle has no {GUIDES[guide is not None]} restoration network")
-    spacing = np.linalg.norm(np.asarray(lowres[1])[:3, :3], axis=0)
+    spacing = np.linalg.norm(np.asarray(lowres[1])[:3, :3], axis=0) if acquired_spacing is None else acquired_spacing
     needs_restoration(spacing, grid.spacing_mm, names["lowres"])
     view = network.config.view
     guide_view = next(v for v in VIEWS if v != view)

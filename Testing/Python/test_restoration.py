@@ -166,6 +166,16 @@ def test_the_analysis_restores_a_view_much_coarser_than_the_model_grid_and_says_
     assert gap < unrestored_gap, (clean.content_cosine, analysis.content_cosine, unrestored.content_cosine)
 
 
+def test_a_prepared_thick_slice_view_is_restored_as_acquired_not_as_resampled(cohort64):
+    # The preparation resamples both views onto the template's 2 mm grid; what decides the
+    # restoration is the voxels the view was acquired with.
+    bundle = load_bundle(DEMO)
+    t1, t2 = (read_volume(volume_path(cohort64, "sub-0005", view)) for view in ("T1w", "T2w"))
+    thick = ThickSlices(axis=2, thickness=3.5, spacing=4).acquire(*t2)
+    analysis = analyse_pair(bundle, t1, thick, names={"T2w": "thick.nii.gz"}, prepare=True)
+    assert any("'thick.nii.gz' (2.0 x 2.0 x 8.0 mm voxels)" in n and "restored" in n for n in analysis.notes)
+
+
 def test_the_generator_writes_each_t2w_acquired_at_low_resolution_beside_its_references(tmp_path):
     cohort = generate_cohort(tmp_path / "bids", n_subjects=2, seed=1, spacing_mm=2.0, workers=1, lowres_views=True)
     t2 = volume_path(cohort, "sub-0001", "T2w")
