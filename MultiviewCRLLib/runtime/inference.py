@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 
-from ..config import VIEWS, other_view, volume_words
+from ..config import VIEWS, PreprocessingConfig, other_view, volume_words
 from .bundle import Bundle
 from .control import CancelToken
 from .input_check import CheckReport, mask_volume_ml
@@ -123,13 +123,15 @@ def ready_for_preprocessing(
 def restored_if_coarse(bundle: Bundle, ready: dict, spacings: dict, names, out: PairAnalysis, cancel) -> dict:
     """``ready`` with the view the bundle's restoration networks restore replaced by its restoration
     (guided by the other view when given) when its voxels (``spacings`` {view: mm per axis}, as
-    acquired) are much coarser than the model grid; said in ``out``'s notes."""
+    acquired) are much coarser than the restoration grid; said in ``out``'s notes. A view finer than
+    the model grid but much coarser than the restoration grid is restored too: a thick slab loses
+    anatomy across its slices that the model grid would keep."""
     from .restoration import COARSER_BY, restore_scan
 
     networks = list(bundle.restoration.values())
     view = networks[0].config.view if networks else None
-    model_mm = float(np.max(bundle.preprocessing.spacing_mm))
-    if view not in ready or float(np.max(spacings[view])) < COARSER_BY * model_mm:
+    grid_mm = float(np.max(PreprocessingConfig().spacing_mm))
+    if view not in ready or float(np.max(spacings[view])) < COARSER_BY * grid_mm:
         return ready
     cancel.check()
     guide_view = other_view(view)
@@ -140,8 +142,8 @@ def restored_if_coarse(bundle: Bundle, ready: dict, spacings: dict, names, out: 
     acquired = " x ".join(f"{s:.1f}" for s in spacings[view])
     guided = f"guided by {called['guide']}" if guide_view in ready else "alone"
     out.notes.append(
-        f"{called['lowres']} ({acquired} mm voxels) is much coarser than the model's {model_mm:g} mm grid: "
-        f"it was restored on a {restored.record['grid_spacing_mm'][0]:g} mm grid ({guided}) before the analysis"
+        f"{called['lowres']} ({acquired} mm voxels) is much coarser than the {grid_mm:g} mm restoration grid: "
+        f"it was restored on it ({guided}) before the analysis"
     )
     return {**ready, view: (restored.image[0].numpy(), restored.image.affine.numpy())}
 

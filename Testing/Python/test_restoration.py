@@ -150,13 +150,19 @@ def test_restoration_refuses_a_view_as_fine_as_the_grid(cohort64, tmp_path, caps
     assert not (tmp_path / "a").exists()
 
 
-def test_the_analysis_restores_a_view_much_coarser_than_the_model_grid_and_says_so(cohort64, tmp_path):
+def test_the_analysis_restores_a_view_much_coarser_than_the_restoration_grid_and_says_so(cohort64, tmp_path):
     bundle = load_bundle(DEMO)
     t1, t2 = (read_volume(volume_path(cohort64, "sub-0005", view)) for view in ("T1w", "T2w"))
     thick = ThickSlices(axis=2, thickness=3.5, spacing=4).acquire(*t2)
     names = {"T1w": "t1.nii.gz", "T2w": "thick.nii.gz"}
     analysis = analyse_pair(bundle, t1, thick, names=names, prepare=False)
-    assert any("thick.nii.gz" in n and "restored on a 2 mm grid (guided by" in n for n in analysis.notes)
+    said = "much coarser than the 2 mm restoration grid: it was restored on it (guided by"
+    assert any("thick.nii.gz" in n and said in n for n in analysis.notes)
+    # 3 mm slabs are finer than the bundle's 4 mm grid, yet lose anatomy across slices.
+    slabs = ThickSlices(axis=2, thickness=1.5).acquire(*t2)
+    assert float(np.max(bundle.preprocessing.spacing_mm)) > 3.0
+    notes = analyse_pair(bundle, t1, slabs, prepare=False).notes
+    assert any("(2.0 x 2.0 x 3.0 mm voxels)" in n and said in n for n in notes), notes
     clean = analyse_pair(bundle, t1, t2, names=names, prepare=False)
     assert not any("restored" in n for n in clean.notes)
     bundle.restoration = {}
