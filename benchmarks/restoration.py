@@ -1,7 +1,7 @@
 """Restoring low-resolution and thick-slice T2w views, against interpolation and cross-view synthesis.
 
     python benchmarks/restoration.py [--bundle Resources/Models/demo]
-        [--cohort data/synthetic-adni-n600-s0-2mm] [--train-subjects 100] [--steps 800]
+        [--cohort data/synthetic-adni-n600-s0-2mm] [--train-subjects 100] [--steps 1500]
         [--out benchmarks/results] [--save-into BUNDLE]
 
 Every training and test subject's T2w is acquired twice at low resolution from its noisy image
@@ -46,13 +46,14 @@ from MultiviewCRLLib.training.restoration import RestorationTraining, restoratio
 from MultiviewCRLLib.training.runs import split_pairs
 from MultiviewCRLLib.training.synthetic import tissue_labels
 
+CONTRASTIVE = RestorationTraining.contrastive_weight
 # name -> (guided, share of high-resolution volumes, contrastive weight)
 VARIANTS = {
-    "guided": (True, 1.0, 0.1),
+    "guided": (True, 1.0, CONTRASTIVE),
     "guided, no contrastive": (True, 1.0, 0.0),
-    "alone": (False, 1.0, 0.1),
+    "alone": (False, 1.0, CONTRASTIVE),
     "alone, no contrastive": (False, 1.0, 0.0),
-    "alone, 10% HR": (False, 0.1, 0.1),
+    "alone, 10% HR": (False, 0.1, CONTRASTIVE),
     "alone, 10% HR, no contrastive": (False, 0.1, 0.0),
 }
 
@@ -175,7 +176,7 @@ def main() -> None:
     parser.add_argument("--cohort", type=Path, default=Path("data/synthetic-adni-n600-s0-2mm"))
     parser.add_argument("--train-subjects", type=int, default=100)
     parser.add_argument("--test-subjects", type=int, default=60)
-    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--save-into", type=Path, help="a bundle folder to write the guided and unguided networks into")
     parser.add_argument("--seed", type=int, default=0, help="the seed of the run that split the cohort")
