@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from MultiviewCRLLib.config import PreprocessingConfig
 from MultiviewCRLLib.runtime.bundle import load_bundle
 from MultiviewCRLLib.runtime.inference import decode_views, encode_views
 from MultiviewCRLLib.runtime.preprocessing import preprocess_file
 from MultiviewCRLLib.runtime.restoration import (
+    RESTORATION_GRID,
     RESTORATION_WEIGHTS,
     RestorationConfig,
     guide_channels,
@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--cohort", type=Path, default=Path("data/synthetic-adni-n600-s0-2mm"))
     parser.add_argument("--train-subjects", type=int, default=100)
     parser.add_argument("--test-subjects", type=int, default=60)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=RestorationTraining.steps)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--save-into", type=Path, help="a bundle folder to write the guided and unguided networks into")
     parser.add_argument("--seed", type=int, default=0, help="the seed of the run that split the cohort")
@@ -202,8 +202,7 @@ def main() -> None:
         networks[name], histories[name] = (network, config), history
         first, last = (np.mean([h.get("l1", np.nan) for h in part]) for part in (history[:50], history[-50:]))
         print(f"{name}: {time.perf_counter() - started:.0f} s, L1 {first:.3f} -> {last:.3f}")
-    grid = PreprocessingConfig()
-    results, examples = evaluate(test, test_pairs, bundle, networks, grid)
+    results, examples = evaluate(test, test_pairs, bundle, networks, RESTORATION_GRID)
     case = test[0]
     started = time.perf_counter()
     guide = guide_channels(bundle, case.grid.as_tensor(), case.mask, 2.0, "T1w")

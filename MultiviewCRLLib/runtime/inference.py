@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 
-from ..config import VIEWS, PreprocessingConfig, other_view, volume_words
+from ..config import VIEWS, other_view, volume_words
 from .bundle import Bundle
 from .control import CancelToken
 from .input_check import CheckReport, mask_volume_ml
@@ -126,12 +126,11 @@ def restored_if_coarse(bundle: Bundle, ready: dict, spacings: dict, names, out: 
     acquired) are much coarser than the restoration grid; said in ``out``'s notes. A view finer than
     the model grid but much coarser than the restoration grid is restored too: a thick slab loses
     anatomy across its slices that the model grid would keep."""
-    from .restoration import COARSER_BY, restore_scan
+    from .restoration import RESTORATION_GRID, is_coarse, restore_scan
 
     networks = list(bundle.restoration.values())
     view = networks[0].config.view if networks else None
-    grid_mm = float(np.max(PreprocessingConfig().spacing_mm))
-    if view not in ready or float(np.max(spacings[view])) < COARSER_BY * grid_mm:
+    if view not in ready or not is_coarse(spacings[view]):
         return ready
     cancel.check()
     guide_view = other_view(view)
@@ -140,6 +139,7 @@ def restored_if_coarse(bundle: Bundle, ready: dict, spacings: dict, names, out: 
         bundle, ready[view], ready.get(guide_view), called, check_guide=False, acquired_spacing=spacings[view]
     )
     acquired = " x ".join(f"{s:.1f}" for s in spacings[view])
+    grid_mm = max(RESTORATION_GRID.spacing_mm)
     guided = f"guided by {called['guide']}" if guide_view in ready else "alone"
     out.notes.append(
         f"{called['lowres']} ({acquired} mm voxels) is much coarser than the {grid_mm:g} mm restoration grid: "

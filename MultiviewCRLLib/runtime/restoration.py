@@ -36,6 +36,8 @@ RESTORATION_SETTINGS = "restoration.json"
 GUIDES = ("unguided", "guided")
 # A view needs restoring when its coarsest axis is this much coarser than the target grid's.
 COARSER_BY = 1.25
+# The grid views are restored onto: the report's preprocessing (2 mm), whatever the bundle's grid.
+RESTORATION_GRID = PreprocessingConfig()
 
 
 class RestorationError(ValueError):
@@ -129,10 +131,15 @@ def restore(network: RestorationNetwork, lowres: torch.Tensor, guide: torch.Tens
     return restored[0].cpu() * mask
 
 
+def is_coarse(lowres_spacing, target_spacing=RESTORATION_GRID.spacing_mm) -> bool:
+    """Whether voxels of ``lowres_spacing`` (mm per axis) are much coarser than the target grid's."""
+    return float(np.max(lowres_spacing)) >= COARSER_BY * float(np.max(target_spacing))
+
+
 def needs_restoration(lowres_spacing, target_spacing, name: str) -> None:
     """Raise RestorationError when the view ``name`` is not coarser than the target grid."""
-    coarsest, target = float(np.max(lowres_spacing)), float(np.max(target_spacing))
-    if coarsest < COARSER_BY * target:
+    if not is_coarse(lowres_spacing, target_spacing):
+        target = float(np.max(target_spacing))
         raise RestorationError(
             f"{name}: its voxels ({' x '.join(f'{s:.2f}' for s in lowres_spacing)} mm) are not coarser than "
             f"the {target:.2f} mm grid it would be restored onto; it needs no restoration"
@@ -215,7 +222,7 @@ def restore_scan(
     from .preprocessing import preprocess_array
 
     names = {"lowres": "the low-resolution view", "guide": "the guide", **(names or {})}
-    grid = grid or PreprocessingConfig()
+    grid = grid or RESTORATION_GRID
     network = bundle.restoration.get(GUIDES[guide is not None])
     if network is None:
         raise RestorationError(f"this model bundle has no {GUIDES[guide is not None]} restoration network")

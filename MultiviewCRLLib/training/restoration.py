@@ -35,6 +35,7 @@ from ..config import PreprocessingConfig
 from ..runtime.precision import precision_policy
 from ..runtime.preprocessing import preprocess_file
 from ..runtime.restoration import (
+    RESTORATION_GRID,
     RestorationConfig,
     RestorationNetwork,
     guide_channels,
@@ -71,7 +72,7 @@ def restoration_cases(
     """Every degradation of each pair's ``config.view``, guided by its other view (``bundle``'s map)."""
     from ..config import VIEW_NAMES, VIEWS
 
-    grid = grid or PreprocessingConfig()
+    grid = grid or RESTORATION_GRID
     view_key = {name: key for key, name in VIEW_NAMES.items()}
     guide_view = next(v for v in VIEWS if v != config.view)
     cases = []
@@ -135,8 +136,7 @@ class RestorationTraining:
     patch: int = 32
     lr: float = 1e-3
     hr_fraction: float = 1.0
-    # At 0.1 the contrastive loss cost the guided restoration 1.7 dB: its positives are other
-    # subjects' patches, whose anatomy it pulls towards.
+    # Small: the contrastive positives are other subjects' patches, whose anatomy it pulls towards.
     contrastive_weight: float = 0.01
     ssim_weight: float = 0.1
     tau: float = 0.1
