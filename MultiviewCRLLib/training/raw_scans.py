@@ -64,12 +64,11 @@ def random_pose(center_mm: np.ndarray, rng) -> np.ndarray:
     return pose
 
 
-def head(image: np.ndarray, dseg: np.ndarray, spacing_mm: np.ndarray, view: str, rng) -> np.ndarray:
-    """The skull-stripped ``image`` with the head's layers around its brain (same grid)."""
-    brain = dseg > 0
+def head(image: np.ndarray, dseg: np.ndarray, distance: np.ndarray, view: str, rng) -> np.ndarray:
+    """The skull-stripped ``image`` with the head's layers around its brain (same grid), placed
+    by each voxel's ``distance`` from the brain in mm."""
     white = float(np.median(image[dseg == DSEG["WM"]]))
     own_csf = float(np.median(image[dseg == DSEG["CSF"]]))
-    distance = ndimage.distance_transform_edt(~brain, sampling=spacing_mm)
     out = image.astype(np.float32).copy()
     inner = 0.0
     for name, thickness in HEAD_LAYERS_MM:
@@ -124,9 +123,11 @@ def raw_subject(t1: Path, t2: Path, dseg: Path, rng, in_plane_mm: float = 1.0) -
         ),
     }
     out = {"pose": pose}
+    dseg = np.asarray(labels.dataobj)
+    distance = ndimage.distance_transform_edt(dseg == 0, sampling=spacing)  # the views share it
     for view, path in zip(VIEWS, (t1, t2)):
         image = np.asarray(padded(nib.load(path), margin).dataobj, dtype=np.float32)
-        with_head = head(image, np.asarray(labels.dataobj), spacing, view, rng)
+        with_head = head(image, dseg, distance, view, rng)
         raw = resample_from_to(nib.Nifti1Image(with_head, placed), grids[view], order=1, cval=0.0)
         mask = resample_from_to(
             nib.Nifti1Image((np.asarray(labels.dataobj) > 0).astype(np.uint8), placed), grids[view], order=0

@@ -20,6 +20,16 @@ def cohort_1mm(tmp_path_factory) -> Path:
     return generate_cohort(tmp_path_factory.mktemp("cohort_1mm") / "bids", n_subjects=2, seed=5, spacing_mm=1.0)
 
 
+def exit_code_and_stderr(main, argv, capsys) -> tuple[int, str]:
+    """A command line's ``main(argv)`` run in this process: its exit code (argparse's errors
+    included) and what it wrote to stderr."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:  # argparse errors
+        code = exit_info.code
+    return code, capsys.readouterr().err
+
+
 def volume_path(bids: Path, subject: str, view: str) -> Path:
     return bids / subject / "anat" / f"{subject}_{view}.nii.gz"
 

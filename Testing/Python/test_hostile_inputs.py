@@ -9,17 +9,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import exit_code_and_stderr
 
 import trainer_cli
 from MultiviewCRLLib.training.trainer import checksum_path
 
 
 def run_cli(argv, capsys):
-    try:
-        code = trainer_cli.main(argv)
-    except SystemExit as exit_info:  # argparse errors
-        code = exit_info.code
-    return code, capsys.readouterr().err
+    return exit_code_and_stderr(trainer_cli.main, argv, capsys)
 
 
 @pytest.fixture

@@ -2,13 +2,12 @@
 determinism and argument checks — all on real NIfTI files."""
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import exit_code_and_stderr
 from scipy import ndimage
 
 from MultiviewCRLLib.training import factors, synthetic
@@ -195,47 +194,45 @@ def test_same_arguments_give_identical_bytes(tmp_path):
     ).read_bytes()
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "MultiviewCRLLib.training.synthetic", *args], capture_output=True, text=True
-    )
+def run_cli(capsys, *args: str) -> tuple[int, str]:
+    return exit_code_and_stderr(synthetic.main, list(args), capsys)
 
 
 @pytest.mark.parametrize("count", ["0", "-4"])
-def test_bad_subject_count(tmp_path, count):
-    result = run_cli("--out", str(tmp_path / "out"), "--subjects", count)
-    assert result.returncode == 2
-    assert "--subjects must be at least 1" in result.stderr
+def test_bad_subject_count(tmp_path, capsys, count):
+    code, stderr = run_cli(capsys, "--out", str(tmp_path / "out"), "--subjects", count)
+    assert code == 2
+    assert "--subjects must be at least 1" in stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_existing_folder_needs_overwrite(tmp_path):
+def test_existing_folder_needs_overwrite(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     keep = out / "notes.txt"
     keep.write_text("precious")
-    result = run_cli("--out", str(out), "--subjects", "1", "--spacing", "6")
-    assert result.returncode == 2
-    assert "not empty" in result.stderr and "--overwrite" in result.stderr
+    code, stderr = run_cli(capsys, "--out", str(out), "--subjects", "1", "--spacing", "6")
+    assert code == 2
+    assert "not empty" in stderr and "--overwrite" in stderr
     assert keep.read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial folder left behind
-    result = run_cli("--out", str(out), "--subjects", "1", "--spacing", "6", "--overwrite")
-    assert result.returncode == 0, result.stderr
+    code, stderr = run_cli(capsys, "--out", str(out), "--subjects", "1", "--spacing", "6", "--overwrite")
+    assert code == 0, stderr
     assert not keep.exists() and (out / "participants.tsv").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 @pytest.mark.parametrize("where", ["file", "readonly"])
-def test_unwritable_output(tmp_path, where):
+def test_unwritable_output(tmp_path, capsys, where):
     if where == "file":
         blocker = tmp_path / "plain.txt"
         blocker.write_text("x")
         out, expected = blocker / "cohort", "is not a folder"
     else:
         out, expected = Path("/proc/multiviewcrl-cohort"), "cannot write"
-    result = run_cli("--out", str(out), "--subjects", "2")
-    assert result.returncode == 2
-    assert expected in result.stderr and str(out) in result.stderr
+    code, stderr = run_cli(capsys, "--out", str(out), "--subjects", "2")
+    assert code == 2
+    assert expected in stderr and str(out) in stderr
 
 
 def test_montage_png(cohort64, tmp_path):
