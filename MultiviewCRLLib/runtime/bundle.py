@@ -28,7 +28,13 @@ from .input_check import INPUT_CHECK, InputCheck, load_input_check
 from .networks import build_networks
 from .precision import precision_policy
 from .preparation import TEMPLATE_IMAGE, Template, load_template, save_template
-from .restoration import RESTORATION_SETTINGS, RESTORATION_WEIGHTS, RestorationNetwork, load_restoration
+from .restoration import (
+    RESTORATION_SETTINGS,
+    RESTORATION_WEIGHTS,
+    RestorationNetwork,
+    load_guide_check,
+    load_restoration,
+)
 from .storage import atomic_torch_save, atomic_write_json, staged_folder
 from .strata import STRATA, Strata, load_strata
 
@@ -60,6 +66,7 @@ class Bundle:
     input_check: InputCheck | None = None
     template: Template | None = None  # the space its training inputs were in; None: inputs taken as prepared
     restoration: dict[str, RestorationNetwork] = field(default_factory=dict)  # by GUIDES name
+    guide_check: dict[str, float] = field(default_factory=dict)  # ACQUISITION_KINDS name -> threshold
 
     @property
     def content_dim(self) -> int:
@@ -165,6 +172,7 @@ def load_bundle(folder: Path, device: str | torch.device = "cpu") -> Bundle:
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, OSError) as err:
             raise BundleError(f"model bundle {folder}: {name} is invalid ({type(err).__name__}: {err})") from err
     bundle.restoration = load_restoration(folder, device)
+    bundle.guide_check = load_guide_check(folder)
     return bundle
 
 

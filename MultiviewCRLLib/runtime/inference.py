@@ -84,6 +84,7 @@ class PairAnalysis:
     check: CheckReport | None = None  # whether the inputs look like the training data
     notes: list[str] = field(default_factory=list)  # what preparation did to the inputs, in words
     to_input: np.ndarray | None = None  # prepared: 4 x 4 RAS matrix from the outputs' world to the first input's
+    guide_mismatch: str | None = None  # the guide check's warning, when it refused the guide of a restoration
     brain_masks: dict[str, tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict
     )  # prepared: view -> on its input grid
@@ -107,9 +108,13 @@ def ready_for_preprocessing(
         ready[view] = (array, affine)
         if rescaled:
             out.notes.append(f"{volume_words(view, names)}: {rescaled}")
-    spacings = {view: np.linalg.norm(np.asarray(affine)[:3, :3], axis=0) for view, (_, affine) in given.items()}
+    # Each view's voxel edges as acquired (mm, columns), in the world of the arrays handed on.
+    axes = {view: np.asarray(affine, dtype=float)[:3, :3] for view, (_, affine) in given.items()}
     if prepare:
         prepared = prepare_pair(ready, bundle.template, names, cancel)
+        for view, to_input in prepared.to_input.items():
+            turned = np.linalg.inv(to_input)[:3, :3] @ axes[view]
+            axes[view] = turned / np.linalg.norm(turned, axis=0) * np.linalg.norm(axes[view], axis=0)
         out.to_input = prepared.to_input[next(iter(prepared.images))]
         out.brain_masks = prepared.brain_masks
         out.notes.append(
@@ -117,33 +122,37 @@ def ready_for_preprocessing(
             "the outputs sit in the template's space, placed over the inputs by a transform"
         )
         ready = prepared.images
-    return restored_if_coarse(bundle, ready, spacings, names, out, cancel)
+    return restored_if_coarse(bundle, ready, axes, names, out, cancel)
 
 
-def restored_if_coarse(bundle: Bundle, ready: dict, spacings: dict, names, out: PairAnalysis, cancel) -> dict:
+def restored_if_coarse(bundle: Bundle, ready: dict, axes: dict, names, out: PairAnalysis, cancel) -> dict:
     """``ready`` with the view the bundle's restoration networks restore replaced by its restoration
-    (guided by the other view when given) when its voxels (``spacings`` {view: mm per axis}, as
-    acquired) are much coarser than the restoration grid; said in ``out``'s notes. A view finer than
-    the model grid but much coarser than the restoration grid is restored too: a thick slab loses
-    anatomy across its slices that the model grid would keep."""
-    from .restoration import RESTORATION_GRID, is_coarse, restore_scan
+    (guided by the other view when given) when its voxels (``axes`` {view: 3 x 3 voxel edges in mm,
+    as acquired}) are much coarser than the restoration grid; said in ``out``'s notes. A view finer
+    than the model grid but much coarser than the restoration grid is restored too: a thick slab
+    loses anatomy across its slices that the model grid would keep. A guide that the guide check
+    finds to be another person's is not used: the view is restored alone, and ``out`` carries
+    the warning for the input check."""
+    from .restoration import RESTORATION_GRID, GuideMismatch, is_coarse, restore_scan
 
     networks = list(bundle.restoration.values())
     view = networks[0].config.view if networks else None
-    if view not in ready or not is_coarse(spacings[view]):
+    spacing = None if view not in ready else np.linalg.norm(axes[view], axis=0)
+    if spacing is None or not is_coarse(spacing):
         return ready
     cancel.check()
     guide_view = other_view(view)
     called = {"lowres": volume_words(view, names), "guide": volume_words(guide_view, names)}
-    restored = restore_scan(
-        bundle, ready[view], ready.get(guide_view), called, check_guide=False, acquired_spacing=spacings[view]
-    )
-    acquired = " x ".join(f"{s:.1f}" for s in spacings[view])
+    how = f"guided by {called['guide']}" if guide_view in ready else "alone"
+    try:
+        restored = restore_scan(bundle, ready[view], ready.get(guide_view), called, acquired_axes=axes[view])
+    except GuideMismatch as mismatch:
+        restored, out.guide_mismatch, how = mismatch.alone, str(mismatch), f"alone: {mismatch}"
+    acquired = " x ".join(f"{s:.1f}" for s in spacing)
     grid_mm = max(RESTORATION_GRID.spacing_mm)
-    guided = f"guided by {called['guide']}" if guide_view in ready else "alone"
     out.notes.append(
         f"{called['lowres']} ({acquired} mm voxels) is much coarser than the {grid_mm:g} mm restoration grid: "
-        f"it was restored on it ({guided}) before the analysis"
+        f"it was restored on it ({how}) before the analysis"
     )
     return {**ready, view: (restored.image[0].numpy(), restored.image.affine.numpy())}
 
@@ -228,6 +237,8 @@ def analyse_pair(
         as_other = as_other_view_latents(bundle, images)
         as_other_view = None if as_other is None else {view: z[0] for view, z in as_other.items()}
         out.check = bundle.input_check.check(latents, volumes, out.content_cosine, names, as_other_view)
+        if out.guide_mismatch:
+            out.check.warnings.insert(0, out.guide_mismatch)
     return out
 
 

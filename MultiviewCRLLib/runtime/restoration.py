@@ -38,10 +38,26 @@ GUIDES = ("unguided", "guided")
 COARSER_BY = 1.25
 # The grid views are restored onto: the report's preprocessing (2 mm), whatever the bundle's grid.
 RESTORATION_GRID = PreprocessingConfig()
+# A view whose coarsest axis is this much coarser than its finest is a stack of thick slices.
+SLAB_ANISOTROPY = 1.5
+ACQUISITION_KINDS = ("thick slices", "coarse voxels")
+# The guide check leaves out the brain's outer rim, where the guide's mask ends both restorations.
+GUIDE_CHECK_EDGE_MM = 6.0
+# FWHM = 2 sqrt(2 ln 2) sigma: a voxel's footprint as a Gaussian.
+FWHM_PER_SIGMA = 2.3548
 
 
 class RestorationError(ValueError):
     """An input that cannot, or need not, be restored; the message names it."""
+
+
+class GuideMismatch(RestorationError):
+    """A guide that does not fit the low-resolution view: another person's, by the guide check.
+    ``alone`` is the view restored without it."""
+
+    def __init__(self, message: str, alone: Restored):
+        super().__init__(message)
+        self.alone = alone
 
 
 @dataclass(frozen=True)
@@ -155,6 +171,13 @@ def save_restoration(folder: Path, networks: dict[str, RestorationNetwork], extr
     atomic_write_json(folder / RESTORATION_SETTINGS, {**(extra or {}), "networks": settings})
 
 
+def save_guide_check(folder: Path, calibration: dict) -> None:
+    """Write the guide check's ``calibration`` (its ``thresholds`` by ACQUISITION_KINDS name and
+    how they were found) into a bundle folder's restoration settings."""
+    path = Path(folder) / RESTORATION_SETTINGS
+    atomic_write_json(path, {**json.loads(path.read_text()), "guide_check": calibration})
+
+
 def load_restoration(folder: Path, device="cpu") -> dict[str, RestorationNetwork]:
     """The restoration networks of a bundle folder by GUIDES name; {} when it has none."""
     folder = Path(folder)
@@ -177,6 +200,20 @@ def load_restoration(folder: Path, device="cpu") -> dict[str, RestorationNetwork
     return networks
 
 
+def load_guide_check(folder: Path) -> dict[str, float]:
+    """The guide check's thresholds of a bundle folder, by ACQUISITION_KINDS name ({} when none)."""
+    path = Path(folder) / RESTORATION_SETTINGS
+    if not path.is_file():
+        return {}
+    try:
+        thresholds = json.loads(path.read_text()).get("guide_check", {}).get("thresholds", {})
+        return {kind: float(thresholds[kind]) for kind in ACQUISITION_KINDS if kind in thresholds}
+    except (OSError, json.JSONDecodeError, AttributeError, TypeError, ValueError) as err:
+        raise RestorationError(
+            f"model bundle {folder}: the guide check in {RESTORATION_SETTINGS} refused ({err})"
+        ) from err
+
+
 @dataclass
 class Restored:
     """A restored view: ``image`` (1, X, Y, Z) on the restoration grid (``image.affine`` places it
@@ -186,17 +223,45 @@ class Restored:
     record: dict
 
 
-def same_person_problem(bundle, scans: dict[str, tuple], names: dict[str, str]) -> str | None:
-    """The input check's warning when the two ``scans`` {view: (array, affine)} do not look like one
-    person, else None (also without an input check in the bundle)."""
-    from .inference import analyse_pair
+def acquisition_kind(spacing) -> str:
+    """``ACQUISITION_KINDS``' name for voxels of ``spacing`` (mm per axis): thick slices, or coarse
+    voxels (as k-space truncation gives)."""
+    spacing = np.asarray(spacing, dtype=float)
+    return ACQUISITION_KINDS[0 if spacing.max() >= SLAB_ANISOTROPY * spacing.min() else 1]
 
-    if bundle.input_check is None:
-        return None
-    analysis = analyse_pair(bundle, *(scans[v] for v in VIEWS), names=names, prepare=False)
-    if analysis.content_cosine is None or analysis.content_cosine >= bundle.input_check.same_subject_threshold:
-        return None
-    return next(w for w in analysis.check.warnings if "one person" in w)
+
+def acquisition_blur(volume: torch.Tensor, grid_affine, acquired_axes) -> torch.Tensor:
+    """(1, X, Y, Z) on a grid (RAS ``grid_affine``) -> the same, smoothed to the acquisition's
+    voxels: ``acquired_axes`` (3 x 3, its voxel edges in mm as columns, in the grid's world), each
+    grid axis taking the voxel size of the acquired axis nearest to it, as a Gaussian footprint
+    beyond the grid's own voxel."""
+    grid = np.asarray(grid_affine, dtype=float)[:3, :3]
+    grid_mm = np.linalg.norm(grid, axis=0)
+    acquired_mm = np.linalg.norm(acquired_axes, axis=0)
+    cosines = np.abs((grid / grid_mm).T @ (np.asarray(acquired_axes) / acquired_mm))  # (grid axis, acquired axis)
+    along = acquired_mm[np.argmax(cosines, axis=1)]
+    sigma_mm = np.sqrt(np.maximum(along**2 - grid_mm**2, 0.0)) / FWHM_PER_SIGMA
+    image = to_sitk(volume[0].numpy(), np.asarray(grid_affine))
+    smoothed = sitk.SmoothingRecursiveGaussian(image, [float(max(s, 1e-3)) for s in sigma_mm])
+    return torch.from_numpy(np.ascontiguousarray(from_sitk(smoothed)[0]))[None].float()
+
+
+def guide_disagreement(guided, alone, acquired, mask, grid_affine, acquired_axes) -> float:
+    """How much worse the guided restoration fits the acquired data than the restoration alone:
+    the ratio of their root-mean-square differences from the acquisition inside ``mask`` less
+    its outer ``GUIDE_CHECK_EDGE_MM`` (where both restorations end at the guide's brain outline),
+    each (1, X, Y, Z) in the view's standardised units, all smoothed to the acquisition's voxels.
+    With the same person's guide it stays near 1 (its anatomy is the view's); with another
+    person's it rises, where that anatomy shows through."""
+    edge = int(round(GUIDE_CHECK_EDGE_MM / float(np.linalg.norm(np.asarray(grid_affine)[:3, :3], axis=0).min())))
+    outside = (mask <= 0.5).float()[None]
+    inside = F.max_pool3d(outside, 2 * edge + 1, stride=1, padding=edge)[0] < 0.5
+    data = acquisition_blur(acquired, grid_affine, acquired_axes)[inside]
+
+    def misfit(restored):
+        return float((acquisition_blur(restored, grid_affine, acquired_axes)[inside] - data).square().mean().sqrt())
+
+    return misfit(guided) / max(misfit(alone), 1e-6)
 
 
 def restore_scan(
@@ -206,18 +271,22 @@ def restore_scan(
     names: dict[str, str] | None = None,
     grid: PreprocessingConfig | None = None,
     check_guide: bool = True,
-    acquired_spacing=None,
+    acquired_axes=None,
 ) -> Restored:
     """Restore the low-resolution view (array, RAS affine) on the 2 mm grid (``grid``) of the
     guide (array, affine) when given, else on its own, with the bundle's restoration networks;
     inputs skull-stripped, as the cohort's. The restored image keeps the view's intensity units
     (its mean and spread inside the brain), zero outside.
 
-    Raises RestorationError when no network fits, when the view is not coarser than the grid, or
-    (``check_guide``, with the bundle's input check) when the guide does not look like the same
-    person; ``names`` {"lowres", "guide"} word them. ``acquired_spacing`` (mm per axis): the view's
-    voxels as acquired, when ``lowres`` was resampled since (the scan preparation); by default its
-    affine's.
+    With a guide and ``check_guide``, the guide check runs first: the view is also restored alone,
+    and when the guided restoration fits the view's own data worse than that by more than the
+    bundle's threshold for its kind of acquisition, the guide is another person's, and
+    GuideMismatch is raised (carrying the restoration alone). Its figure goes into the record.
+
+    Raises RestorationError when no network fits or when the view is not coarser than the grid;
+    ``names`` {"lowres", "guide"} word them. ``acquired_axes`` (3 x 3, mm): the view's voxel edges
+    as acquired, in the world of ``lowres``, when ``lowres`` was resampled since (the scan
+    preparation); by default its affine's.
     """
     from .preprocessing import preprocess_array
 
@@ -226,38 +295,60 @@ def restore_scan(
     network = bundle.restoration.get(GUIDES[guide is not None])
     if network is None:
         raise RestorationError(f"this model bundle has no {GUIDES[guide is not None]} restoration network")
-    spacing = np.linalg.norm(np.asarray(lowres[1])[:3, :3], axis=0) if acquired_spacing is None else acquired_spacing
+    axes = np.asarray(lowres[1], dtype=float)[:3, :3] if acquired_axes is None else np.asarray(acquired_axes)
+    spacing = np.linalg.norm(axes, axis=0)
     needs_restoration(spacing, grid.spacing_mm, names["lowres"])
     view = network.config.view
-    guide_view = next(v for v in VIEWS if v != view)
-    if guide is not None and check_guide:
-        called = {guide_view: names["guide"], view: names["lowres"]}
-        problem = same_person_problem(bundle, {guide_view: guide, view: lowres}, called)
-        if problem:
-            raise RestorationError(
-                f"{problem}; restoring {names['lowres']} with {names['guide']} would copy another anatomy"
-            )
     start = time.perf_counter()
     target, mask = preprocess_array(*(guide if guide is not None else lowres), grid)
     mask = mask.as_tensor()
     if not (mask > 0.5).any():
         raise RestorationError(f"{names['guide' if guide is not None else 'lowres']}: its brain mask is empty")
     interpolated = onto_grid(*lowres, target, "linear")
-    channels = (
-        None if guide is None else guide_channels(bundle, target.as_tensor(), mask, grid.spacing_mm[0], guide_view)
-    )
-    restored = restore(network, standardised(interpolated, mask), channels, mask)
     inside = interpolated[mask > 0.5]
+    acquired = standardised(interpolated, mask)
     # Kept above the view's own darkest brain voxels, so that a brain mask by threshold still holds it.
     floor = torch.quantile(inside, 0.01)
-    restored = (restored * inside.std() + inside.mean()).clamp_min(floor) * (mask > 0.5)
     record = {
         "view": view,
         "network": network.config.name,
         "lowres_spacing_mm": [round(float(s), 3) for s in spacing],
         "grid_spacing_mm": list(grid.spacing_mm),
         "grid_shape": list(grid.spatial_size),
-        "seconds": round(time.perf_counter() - start, 2),
         "intensities": "the low-resolution view's units (its mean and spread inside the brain), zero outside",
     }
-    return Restored(MetaTensor(restored, affine=target.affine.clone()), record)
+
+    def finished(restored: torch.Tensor) -> Restored:
+        image = (restored * inside.std() + inside.mean()).clamp_min(floor) * (mask > 0.5)
+        return Restored(MetaTensor(image, affine=target.affine.clone()), {**record, "seconds": seconds()})
+
+    def seconds() -> float:
+        return round(time.perf_counter() - start, 2)
+
+    if guide is None:
+        return finished(restore(network, acquired, None, mask))
+    guide_view = next(v for v in VIEWS if v != view)
+    channels = guide_channels(bundle, target.as_tensor(), mask, grid.spacing_mm[0], guide_view)
+    restored = restore(network, acquired, channels, mask)
+    alone_network = bundle.restoration.get(GUIDES[False])
+    if check_guide and alone_network is not None:
+        alone = restore(alone_network, acquired, None, mask)
+        kind = acquisition_kind(spacing)
+        disagreement = guide_disagreement(restored, alone, acquired, mask, target.affine, axes)
+        threshold = bundle.guide_check.get(kind)
+        record["guide_check"] = {
+            "acquisition": kind,
+            "disagreement": round(disagreement, 4),
+            "threshold": "not calibrated in this bundle" if threshold is None else threshold,
+        }
+        if threshold is not None and disagreement > threshold:
+            raise GuideMismatch(
+                f"{names['guide']} does not look like the same person as {names['lowres']}: restored with it, "
+                f"{names['lowres']} fits its own data {disagreement:.2f} times as badly as restored alone "
+                f"(one person's pairs stay below {threshold:.2f} for {kind}); restoring with it would copy "
+                "another anatomy",
+                finished(alone),
+            )
+    elif check_guide:
+        record["guide_check"] = "not run: this bundle has no unguided restoration network to compare with"
+    return finished(restored)

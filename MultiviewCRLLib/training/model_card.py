@@ -134,6 +134,15 @@ def restoration_words(restoration: dict) -> str:
     for degradation, methods in restoration.get("measured", {}).items():
         cells = (methods.get(name, {}).get("psnr", float("nan")) for name in ("B-spline", "alone", "guided"))
         lines.append(f"| {degradation} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+    check = restoration.get("guide_check", {})
+    if check.get("test"):
+        found = "; ".join(
+            f"{kind}: threshold {check['thresholds'][kind]:.3f}, two people's pairs caught "
+            f"{figures['two people caught']:.0%}, one person's refused {figures['one person refused']:.0%}"
+            for kind, figures in check["test"].items()
+        )
+        subjects = check["test_subjects"]
+        lines += ["", f"Guide check (another person's guide refused), on {subjects} test subjects: {found}."]
     lines += ["", "A restored view is an estimate from the acquired one and its guide: read findings from the scans."]
     return "\n".join(lines)
 

@@ -17,6 +17,7 @@ there. Two losses, after the unpaired contrastive super-resolution paper:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -239,3 +240,53 @@ def _other(pool: list[int], cases: list[RestorationCase], index: int, rng: np.ra
         other = pool[rng.integers(len(pool))]
         if cases[other].subject != cases[index].subject:
             return other
+
+
+def guide_disagreements(pairs: list[Pair], bundle, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """{acquisition kind: {"one person" | "two people": (N,)}}: each pair's T2w acquired by every
+    ``LOWRES_ACQUISITIONS`` degradation and restored with its own T1w and with the next pair's,
+    and the guide disagreement of each (``restore_scan``'s record)."""
+    from ..runtime.restoration import restore_scan
+    from .discovery import read_volume
+
+    uncalibrated = copy.copy(bundle)
+    uncalibrated.guide_check = {}
+    guides = [read_volume(pair.t1) for pair in pairs]
+    found: dict[str, dict[str, list[float]]] = {}
+    for index, pair in enumerate(pairs):
+        rng = np.random.default_rng([seed, index])
+        volume, affine = read_volume(pair.t2)
+        spacing_mm = float(np.linalg.norm(np.asarray(affine)[:3, 0]))
+        for _, degradation in LOWRES_ACQUISITIONS.values():
+            lowres = degradation(rng, spacing_mm).acquire(volume, affine)
+            for who, guide in (("one person", guides[index]), ("two people", guides[(index + 1) % len(pairs)])):
+                check = restore_scan(uncalibrated, lowres, guide).record["guide_check"]
+                found.setdefault(check["acquisition"], {}).setdefault(who, []).append(check["disagreement"])
+    return {kind: {who: np.asarray(v) for who, v in values.items()} for kind, values in found.items()}
+
+
+def guide_check_figures(found: dict, thresholds: dict[str, float]) -> dict:
+    """Per acquisition kind of ``guide_disagreements``: the spread of each and, at ``thresholds``,
+    the shares of one person's pairs refused and of two people's caught."""
+    figures = {}
+    for kind, values in found.items():
+        same, different = values["one person"], values["two people"]
+        figures[kind] = {
+            "one person (min, median, max)": [round(float(v), 4) for v in np.quantile(same, [0, 0.5, 1])],
+            "two people (min, median, max)": [round(float(v), 4) for v in np.quantile(different, [0, 0.5, 1])],
+            "one person refused": float(np.mean(same > thresholds[kind])),
+            "two people caught": float(np.mean(different > thresholds[kind])),
+        }
+    return figures
+
+
+def guide_check_calibration(pairs: list[Pair], bundle, seed: int = 0) -> dict:
+    """The guide check's thresholds from ``pairs`` (validation subjects), per acquisition kind
+    halfway between one person's 99th percentile of ``guide_disagreements`` and two people's 1st,
+    with ``guide_check_figures`` beside them."""
+    found = guide_disagreements(pairs, bundle, seed)
+    thresholds = {
+        kind: round(float((np.quantile(v["one person"], 0.99) + np.quantile(v["two people"], 0.01)) / 2), 4)
+        for kind, v in found.items()
+    }
+    return {"subjects": len(pairs), "thresholds": thresholds, "validation": guide_check_figures(found, thresholds)}

@@ -134,11 +134,29 @@ def test_the_bundled_guided_restoration_beats_interpolation_through_the_command_
     assert trainer_cli.main([*args, "--bundle", str(DEMO), "--out", str(out)]) == 0
     record = json.loads((out / "restoration.json").read_text())
     assert record["network"] == "guided" and record["lowres_spacing_mm"] == [2.0, 2.0, 7.0]
+    check = record["guide_check"]  # the same person's guide passes the guide check
+    assert check["acquisition"] == "thick slices" and check["disagreement"] < check["threshold"]
     restored = nib.load(out / "restored.nii.gz")
     np.testing.assert_allclose(restored.header.get_zooms(), (2.0, 2.0, 2.0))
     reference = noise_free_reference(t2)
     assert scored(out / "restored.nii.gz", reference) > scored(lowres, reference) + 1.0
     assert trainer_cli.main([*args, "--bundle", str(DEMO), "--out", str(out)]) == 2  # results are never replaced
+
+
+def test_a_guide_of_another_person_is_refused_by_name_and_the_analysis_restores_alone(cohort64, tmp_path, capsys):
+    t2 = volume_path(cohort64, "sub-0005", "T2w")
+    lowres = write_acquisition(t2, ThickSlices(axis=2, thickness=3, spacing=3.5, offset=1), tmp_path / "thick.nii.gz")
+    stranger = volume_path(cohort64, "sub-0006", "T1w")
+    out = tmp_path / "restored"
+    args = ["restore", "--lowres", str(lowres), "--guide", str(stranger), "--bundle", str(DEMO), "--out", str(out)]
+    assert trainer_cli.main(args) == 2
+    message = capsys.readouterr().err
+    assert f"the guide {stranger} does not look like the same person as the low-resolution view {lowres}" in message
+    assert not out.exists()
+    names = {"T1w": "other.nii.gz", "T2w": "thick.nii.gz"}
+    analysis = analyse_pair(load_bundle(DEMO), read_volume(stranger), read_volume(lowres), names=names, prepare=False)
+    assert any("it was restored on it (alone: the T1w 'other.nii.gz' does not look like" in n for n in analysis.notes)
+    assert "the T1w 'other.nii.gz' does not look like the same person" in analysis.check.warnings[0]
 
 
 def test_restoration_refuses_a_view_as_fine_as_the_grid(cohort64, tmp_path, capsys):
