@@ -25,7 +25,7 @@ from .runtime.control import Cancelled, CancelToken
 from .runtime.device import DeviceError, select_device
 from .runtime.inference import PairAnalysis, analyse_pair, cross_view_name
 from .runtime.preparation import BrainMaskError
-from .runtime.restoration import RestorationError
+from .runtime.restoration import GuideMismatch, RestorationError
 
 
 class NodeError(ValueError):
@@ -45,6 +45,10 @@ REMEDIES = {
     RestorationError: (
         "Select under Inputs the coarse or thick-slice volume as the T2w and, as its guide, the T1w of the same "
         "session; a volume as fine as the 2 mm grid needs no restoration."
+    ),
+    GuideMismatch: (
+        "Select as the T1w this patient's own scan of the same session, or leave the T1w empty to restore the "
+        "view alone."
     ),
     AlignmentError: (
         "Select brain MRI of one subject under Inputs; for scans that are already skull-stripped and aligned "

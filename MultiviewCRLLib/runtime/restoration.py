@@ -55,7 +55,7 @@ class GuideMismatch(RestorationError):
     """A guide that does not fit the low-resolution view: another person's, by the guide check.
     ``alone`` is the view restored without it."""
 
-    def __init__(self, message: str, alone: Restored):
+    def __init__(self, message: str, alone: Restored | None = None):
         super().__init__(message)
         self.alone = alone
 
