@@ -122,17 +122,21 @@ def ready_for_preprocessing(
             "the outputs sit in the template's space, placed over the inputs by a transform"
         )
         ready = prepared.images
-    return restored_if_coarse(bundle, ready, axes, names, out, cancel)
+    return restored_if_coarse(bundle, ready, axes, names, out, cancel, check_guide=not prepare)
 
 
-def restored_if_coarse(bundle: Bundle, ready: dict, axes: dict, names, out: PairAnalysis, cancel) -> dict:
+def restored_if_coarse(
+    bundle: Bundle, ready: dict, axes: dict, names, out: PairAnalysis, cancel, check_guide: bool = True
+) -> dict:
     """``ready`` with the view the bundle's restoration networks restore replaced by its restoration
     (guided by the other view when given) when its voxels (``axes`` {view: 3 x 3 voxel edges in mm,
     as acquired}) are much coarser than the restoration grid; said in ``out``'s notes. A view finer
     than the model grid but much coarser than the restoration grid is restored too: a thick slab
     loses anatomy across its slices that the model grid would keep. A guide that the guide check
     finds to be another person's is not used: the view is restored alone, and ``out`` carries
-    the warning for the input check."""
+    the warning for the input check. Without ``check_guide`` (prepared raw scans: the check is
+    calibrated on pairs as acquired, and a prepared pair's residual misregistration reads to it
+    like another person) the notes say that it did not run."""
     from .restoration import RESTORATION_GRID, GuideMismatch, is_coarse, restore_scan
 
     networks = list(bundle.restoration.values())
@@ -145,7 +149,9 @@ def restored_if_coarse(bundle: Bundle, ready: dict, axes: dict, names, out: Pair
     called = {"lowres": volume_words(view, names), "guide": volume_words(guide_view, names)}
     how = f"guided by {called['guide']}" if guide_view in ready else "alone"
     try:
-        restored = restore_scan(bundle, ready[view], ready.get(guide_view), called, acquired_axes=axes[view])
+        restored = restore_scan(
+            bundle, ready[view], ready.get(guide_view), called, check_guide=check_guide, acquired_axes=axes[view]
+        )
     except GuideMismatch as mismatch:
         restored, out.guide_mismatch, how = mismatch.alone, str(mismatch), f"alone: {mismatch}"
     acquired = " x ".join(f"{s:.1f}" for s in spacing)
@@ -154,6 +160,11 @@ def restored_if_coarse(bundle: Bundle, ready: dict, axes: dict, names, out: Pair
         f"{called['lowres']} ({acquired} mm voxels) is much coarser than the {grid_mm:g} mm restoration grid: "
         f"it was restored on it ({how}) before the analysis"
     )
+    if guide_view in ready and not check_guide:
+        out.notes.append(
+            f"the guide check (whether {called['guide']} is the same person's) did not run: it is calibrated on "
+            "skull-stripped pairs as acquired, not on prepared raw scans"
+        )
     return {**ready, view: (restored.image[0].numpy(), restored.image.affine.numpy())}
 
 

@@ -38,9 +38,11 @@ GUIDES = ("unguided", "guided")
 COARSER_BY = 1.25
 # The grid views are restored onto: the report's preprocessing (2 mm), whatever the bundle's grid.
 RESTORATION_GRID = PreprocessingConfig()
-# A view whose coarsest axis is this much coarser than its finest is a stack of thick slices.
+# A view whose coarsest axis (at least the restoration grid's) is this much coarser than its finest
+# is a stack of slices; thick ones from THICK_SLICES_MM.
 SLAB_ANISOTROPY = 1.5
-ACQUISITION_KINDS = ("thick slices", "coarse voxels")
+THICK_SLICES_MM = 4.5
+ACQUISITION_KINDS = ("slices under 4.5 mm", "thick slices", "coarse voxels")
 # The guide check leaves out the brain's outer rim, where the guide's mask ends both restorations.
 GUIDE_CHECK_EDGE_MM = 6.0
 # FWHM = 2 sqrt(2 ln 2) sigma: a voxel's footprint as a Gaussian.
@@ -223,11 +225,14 @@ class Restored:
     record: dict
 
 
-def acquisition_kind(spacing) -> str:
-    """``ACQUISITION_KINDS``' name for voxels of ``spacing`` (mm per axis): thick slices, or coarse
-    voxels (as k-space truncation gives)."""
-    spacing = np.asarray(spacing, dtype=float)
-    return ACQUISITION_KINDS[0 if spacing.max() >= SLAB_ANISOTROPY * spacing.min() else 1]
+def acquisition_kind(spacing, grid_mm: float = max(RESTORATION_GRID.spacing_mm)) -> str:
+    """``ACQUISITION_KINDS``' name for voxels of ``spacing`` (mm per axis) restored onto a grid of
+    ``grid_mm``: slices thinner or thicker than THICK_SLICES_MM, or coarse voxels (as k-space
+    truncation gives). Detail finer than the grid counts as the grid's."""
+    effective = np.maximum(np.asarray(spacing, dtype=float), grid_mm)
+    if effective.max() < SLAB_ANISOTROPY * effective.min():
+        return ACQUISITION_KINDS[2]
+    return ACQUISITION_KINDS[int(effective.max() >= THICK_SLICES_MM)]
 
 
 def acquisition_blur(volume: torch.Tensor, grid_affine, acquired_axes) -> torch.Tensor:

@@ -123,10 +123,12 @@ class ThickSlices(Transform):
 THICK_SLICE_MM = 6.0
 
 
-def thick_slice_acquisition(rng: np.random.Generator, spacing_mm: float) -> ThickSlices:
-    """Slabs THICK_SLICE_MM thick along a random axis, gaps up to 30 % of a slab, a random offset,
+def thick_slice_acquisition(
+    rng: np.random.Generator, spacing_mm: float, thickness_mm: float = THICK_SLICE_MM
+) -> ThickSlices:
+    """Slabs ``thickness_mm`` thick along a random axis, gaps up to 30 % of a slab, a random offset,
     on a grid of ``spacing_mm`` voxels."""
-    thickness = THICK_SLICE_MM / spacing_mm
+    thickness = thickness_mm / spacing_mm
     spacing = thickness * rng.uniform(1.0, 1.3)
     return ThickSlices(int(rng.integers(3)), thickness, spacing, rng.uniform(0, spacing))
 

@@ -43,7 +43,7 @@ from ..runtime.restoration import (
     onto_grid,
     standardised,
 )
-from .degradation import LOWRES_ACQUISITIONS
+from .degradation import LOWRES_ACQUISITIONS, thick_slice_acquisition
 from .discovery import Pair
 from .synthetic import noise_free_reference
 
@@ -242,10 +242,17 @@ def _other(pool: list[int], cases: list[RestorationCase], index: int, rng: np.ra
             return other
 
 
+# The cohort's degradations and clinical 3 mm slices, thinner than the cohort's thick ones.
+GUIDE_CHECK_ACQUISITIONS = (
+    *(make for _, make in LOWRES_ACQUISITIONS.values()),
+    lambda rng, spacing_mm: thick_slice_acquisition(rng, spacing_mm, thickness_mm=3.0),
+)
+
+
 def guide_disagreements(pairs: list[Pair], bundle, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
     """{acquisition kind: {"one person" | "two people": (N,)}}: each pair's T2w acquired by every
-    ``LOWRES_ACQUISITIONS`` degradation and restored with its own T1w and with the next pair's,
-    and the guide disagreement of each (``restore_scan``'s record)."""
+    ``GUIDE_CHECK_ACQUISITIONS`` degradation and restored with its own T1w and with the next
+    pair's, and the guide disagreement of each (``restore_scan``'s record)."""
     from ..runtime.restoration import restore_scan
     from .discovery import read_volume
 
@@ -257,7 +264,7 @@ def guide_disagreements(pairs: list[Pair], bundle, seed: int = 0) -> dict[str, d
         rng = np.random.default_rng([seed, index])
         volume, affine = read_volume(pair.t2)
         spacing_mm = float(np.linalg.norm(np.asarray(affine)[:3, 0]))
-        for _, degradation in LOWRES_ACQUISITIONS.values():
+        for degradation in GUIDE_CHECK_ACQUISITIONS:
             lowres = degradation(rng, spacing_mm).acquire(volume, affine)
             for who, guide in (("one person", guides[index]), ("two people", guides[(index + 1) % len(pairs)])):
                 check = restore_scan(uncalibrated, lowres, guide).record["guide_check"]
