@@ -13,6 +13,7 @@ Networks live in the bundle folder: ``restoration.pt`` (state dicts, plain tenso
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import time
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
 from monai.networks.nets import UNet
+from monai.transforms.utils_morphological_ops import erode
 from torch import nn
 from torch.nn import functional as F
 
@@ -42,11 +44,11 @@ RESTORATION_GRID = PreprocessingConfig()
 # is a stack of slices; thick ones from THICK_SLICES_MM.
 SLAB_ANISOTROPY = 1.5
 THICK_SLICES_MM = 4.5
-ACQUISITION_KINDS = ("slices under 4.5 mm", "thick slices", "coarse voxels")
+ACQUISITION_KINDS = (f"slices under {THICK_SLICES_MM:g} mm", "thick slices", "coarse voxels")
 # The guide check leaves out the brain's outer rim, where the guide's mask ends both restorations.
 GUIDE_CHECK_EDGE_MM = 6.0
-# FWHM = 2 sqrt(2 ln 2) sigma: a voxel's footprint as a Gaussian.
-FWHM_PER_SIGMA = 2.3548
+# A voxel's footprint as a Gaussian: its full width at half maximum is the voxel's size.
+FWHM_PER_SIGMA = 2 * math.sqrt(2 * math.log(2))
 
 
 class RestorationError(ValueError):
@@ -259,8 +261,7 @@ def guide_disagreement(guided, alone, acquired, mask, grid_affine, acquired_axes
     With the same person's guide it stays near 1 (its anatomy is the view's); with another
     person's it rises, where that anatomy shows through."""
     edge = int(round(GUIDE_CHECK_EDGE_MM / float(np.linalg.norm(np.asarray(grid_affine)[:3, :3], axis=0).min())))
-    outside = (mask <= 0.5).float()[None]
-    inside = F.max_pool3d(outside, 2 * edge + 1, stride=1, padding=edge)[0] < 0.5
+    inside = erode((mask > 0.5).float()[None], 2 * edge + 1)[0] > 0.5
     data = acquisition_blur(acquired, grid_affine, acquired_axes)[inside]
 
     def misfit(restored):
@@ -325,10 +326,8 @@ def restore_scan(
 
     def finished(restored: torch.Tensor) -> Restored:
         image = (restored * inside.std() + inside.mean()).clamp_min(floor) * (mask > 0.5)
-        return Restored(MetaTensor(image, affine=target.affine.clone()), {**record, "seconds": seconds()})
-
-    def seconds() -> float:
-        return round(time.perf_counter() - start, 2)
+        seconds = round(time.perf_counter() - start, 2)
+        return Restored(MetaTensor(image, affine=target.affine.clone()), {**record, "seconds": seconds})
 
     if guide is None:
         return finished(restore(network, acquired, None, mask))
