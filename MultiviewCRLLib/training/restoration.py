@@ -130,7 +130,7 @@ def patch_nce(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Ten
 class RestorationTraining:
     """``hr_fraction`` of the training subjects have their high-resolution volume (supervision, and
     the pool of real patches); ``contrastive_weight`` 0 turns the contrastive loss off; ``lr`` decays
-    to zero over the ``steps`` on a cosine."""
+    to zero over the ``steps`` on a cosine; ``flip`` mirrors patches at random (``PatchSampler``)."""
 
     steps: int = 1500
     batch_size: int = 4
@@ -141,25 +141,40 @@ class RestorationTraining:
     contrastive_weight: float = 0.01
     ssim_weight: float = 0.1
     tau: float = 0.1
+    flip: bool = True
     seed: int = 0
 
 
-class PatchSampler:
-    """Random patches (``size``^3) of the training cases, centred on a brain voxel."""
+@dataclass(frozen=True)
+class Patch:
+    """Where a patch lies in its case (``corner``, voxels) and the axes it is mirrored along."""
 
-    def __init__(self, cases: list[RestorationCase], size: int, rng: np.random.Generator):
-        self.cases, self.size, self.rng = cases, size, rng
+    corner: tuple[int, int, int]
+    flipped: tuple[int, ...]
+
+
+class PatchSampler:
+    """Random patches (``size``^3) of the training cases, centred on a brain voxel and, with
+    ``flip``, mirrored along each axis with probability 1/2 (the restoration is local, and mirrored
+    anatomy is anatomy: it doubles what 100 subjects show the network per axis)."""
+
+    def __init__(self, cases: list[RestorationCase], size: int, rng: np.random.Generator, flip: bool = True):
+        self.cases, self.size, self.rng, self.flip = cases, size, rng, flip
         self.inside = [torch.nonzero(c.mask[0] > 0.5) for c in cases]
 
-    def corner(self, case: int) -> tuple[int, int, int]:
+    def patch(self, case: int) -> Patch:
         voxels = self.inside[case]
         centre = voxels[self.rng.integers(len(voxels))].numpy()
         shape = np.asarray(self.cases[case].mask.shape[1:])
-        return tuple(np.clip(centre - self.size // 2, 0, shape - self.size).astype(int))
+        corner = tuple(np.clip(centre - self.size // 2, 0, shape - self.size).astype(int))
+        flipped = tuple(int(a) for a in np.flatnonzero(self.rng.random(3) < 0.5)) if self.flip else ()
+        return Patch(corner, flipped)
 
-    def crop(self, volume: torch.Tensor, corner) -> torch.Tensor:
-        x, y, z = corner
-        return volume[:, x : x + self.size, y : y + self.size, z : z + self.size]
+    def crop(self, volume: torch.Tensor, patch: Patch) -> torch.Tensor:
+        """(C, X, Y, Z) -> (C, size, size, size)."""
+        x, y, z = patch.corner
+        cropped = volume[:, x : x + self.size, y : y + self.size, z : z + self.size]
+        return cropped.flip([1 + a for a in patch.flipped]) if patch.flipped else cropped
 
 
 def train_restoration(
@@ -181,17 +196,17 @@ def train_restoration(
     subjects = sorted({c.subject for c in cases})
     with_hr = set(subjects[: max(2, math.ceil(training.hr_fraction * len(subjects)))])
     pool = [i for i, c in enumerate(cases) if c.subject in with_hr]
-    sampler = PatchSampler(cases, training.patch, rng)
+    sampler = PatchSampler(cases, training.patch, rng, training.flip)
     history = []
     for step in range(training.steps):
         # Half of each batch from the subjects with a high-resolution volume, so that every step
         # is supervised; the rest from any subject.
         half = training.batch_size // 2
         picked = np.concatenate([rng.choice(pool, half), rng.integers(len(cases), size=training.batch_size - half)])
-        corners = [sampler.corner(i) for i in picked]
-        x = torch.stack([sampler.crop(_channels(cases[i], config), c) for i, c in zip(picked, corners)])
-        target = torch.stack([sampler.crop(cases[i].reference, c) for i, c in zip(picked, corners)]).to(device)
-        inside = torch.stack([sampler.crop(cases[i].mask, c) for i, c in zip(picked, corners)]).to(device)
+        patches = [sampler.patch(i) for i in picked]
+        x = torch.stack([_channels(cases[i], config, sampler, p) for i, p in zip(picked, patches)])
+        target = torch.stack([sampler.crop(cases[i].reference, p) for i, p in zip(picked, patches)]).to(device)
+        inside = torch.stack([sampler.crop(cases[i].mask, p) for i, p in zip(picked, patches)]).to(device)
         supervised = torch.tensor([cases[i].subject in with_hr for i in picked], device=device)
         with policy.autocast():
             restored = network(policy.place(x)).float() * inside
@@ -201,7 +216,7 @@ def train_restoration(
             terms["l1"] = (restored[kept] - target[kept]).abs().mean() / inside[kept].mean().clamp_min(1e-6)
             terms["ssim"] = training.ssim_weight * ssim(restored[kept], target[kept])
         if training.contrastive_weight:
-            real = [_real_patches(sampler, pool, picked, corners, rng) for _ in range(2)]
+            real = [_real_patches(sampler, pool, picked, patches, rng) for _ in range(2)]
             interpolated = x[:, :1].to(device)
             frozen = {k: v.detach() for k, v in features.named_parameters()}
             positives, anchors = (features(r.to(device)) for r in real)
@@ -224,14 +239,17 @@ def train_restoration(
     return network.eval(), history
 
 
-def _real_patches(sampler: PatchSampler, pool: list[int], picked, corners, rng) -> torch.Tensor:
+def _real_patches(sampler: PatchSampler, pool: list[int], picked, patches, rng) -> torch.Tensor:
     """(B, 1, P, P, P): each picked case's patch in the reference of a pool case of another subject."""
     cases = sampler.cases
-    return torch.stack([sampler.crop(cases[_other(pool, cases, i, rng)].reference, c) for i, c in zip(picked, corners)])
+    return torch.stack([sampler.crop(cases[_other(pool, cases, i, rng)].reference, p) for i, p in zip(picked, patches)])
 
 
-def _channels(case: RestorationCase, config: RestorationConfig) -> torch.Tensor:
-    return torch.cat([case.lowres, case.guide]) if config.guided else case.lowres
+def _channels(case: RestorationCase, config: RestorationConfig, sampler: PatchSampler, patch: Patch) -> torch.Tensor:
+    """(in_channels, P, P, P): the network's input at ``patch``, cropped before it is joined (joining
+    whole volumes took a quarter of each step)."""
+    lowres = sampler.crop(case.lowres, patch)
+    return torch.cat([lowres, sampler.crop(case.guide, patch)]) if config.guided else lowres
 
 
 def _other(pool: list[int], cases: list[RestorationCase], index: int, rng: np.random.Generator) -> int:

@@ -28,7 +28,12 @@ from MultiviewCRLLib.training.data import assign_splits
 from MultiviewCRLLib.training.degradation import LOWRES_ACQUISITIONS, KSpaceTruncation, ThickSlices
 from MultiviewCRLLib.training.discovery import discover, read_volume
 from MultiviewCRLLib.training.evaluation import psnr_ssim
-from MultiviewCRLLib.training.restoration import RestorationTraining, restoration_cases, train_restoration
+from MultiviewCRLLib.training.restoration import (
+    PatchSampler,
+    RestorationTraining,
+    restoration_cases,
+    train_restoration,
+)
 from MultiviewCRLLib.training.runs import split_pairs
 from MultiviewCRLLib.training.synthetic import generate_cohort, lowres_view, noise_free_reference
 
@@ -97,6 +102,21 @@ def test_restoration_training_lowers_the_loss_and_its_networks_round_trip(cohort
     np.testing.assert_allclose(
         restore(loaded, case.lowres, case.guide, case.mask), restore(network, case.lowres, case.guide, case.mask)
     )
+
+
+def test_training_patches_are_mirrored_alike_in_every_channel(cohort_cases):
+    cases, _ = cohort_cases
+    case = cases[0]
+    sampler = PatchSampler(cases, 16, np.random.default_rng(0))
+    patches = [sampler.patch(0) for _ in range(16)]
+    assert {p.flipped for p in patches} - {()}, "no patch was mirrored"
+    assert not PatchSampler(cases, 16, np.random.default_rng(0), flip=False).patch(0).flipped
+    for patch in patches:
+        # Voxel (i, j, k) of a patch mirrored along axis a is voxel size - 1 - i along a of the volume.
+        i, j, k = (15 - 3 if axis in patch.flipped else 3 for axis in range(3))
+        x, y, z = (c + v for c, v in zip(patch.corner, (i, j, k)))
+        for volume in (case.lowres, case.guide, case.reference, case.mask):
+            assert torch.equal(sampler.crop(volume, patch)[:, 3, 3, 3], volume[:, x, y, z])
 
 
 def test_a_restoration_file_that_is_not_plain_tensors_is_refused(tmp_path):
