@@ -119,6 +119,16 @@ def test_training_patches_are_mirrored_alike_in_every_channel(cohort_cases):
             assert torch.equal(sampler.crop(volume, patch)[:, 3, 3, 3], volume[:, x, y, z])
 
 
+def test_settings_saved_before_the_norm_was_named_load_instance_norm_networks(tmp_path):
+    network = RestorationNetwork(RestorationConfig(guided=False, channels=(4, 8), norm="instance"))
+    save_restoration(tmp_path, {"unguided": network})
+    settings = json.loads((tmp_path / "restoration.json").read_text())
+    del settings["networks"]["unguided"]["norm"]
+    (tmp_path / "restoration.json").write_text(json.dumps(settings))
+    assert load_restoration(tmp_path)["unguided"].config.norm == "instance"
+    assert RestorationConfig().norm is None
+
+
 def test_a_restoration_file_that_is_not_plain_tensors_is_refused(tmp_path):
     from MultiviewCRLLib.runtime.restoration import RestorationError
 
