@@ -141,7 +141,7 @@ def prepare_pair(
     and gets the template's brain mask through the affine fit; the second is registered rigidly to the first and shares
     its mask (refused, naming it, when the two then share almost no information inside the
     brain). Both are resampled onto the template grid through the rigid part of the fit and
-    masked there. A fit that scales the brain implausibly, or after which the scan hardly
+    masked there. A constant volume, a fit that scales the brain implausibly, or after which the scan hardly
     correlates with the template, raises :class:`AlignmentError` naming the volume (``names``:
     {view: its name}). ``cancel``: raises :class:`~.control.Cancelled` once set, within an
     iteration of the registration that runs (by default never). ``schedule``: how much of each
@@ -155,6 +155,11 @@ def prepare_pair(
     first, first_to_template = None, None
     for view, (array, affine) in given.items():
         cancel.check()
+        if float(array.min()) == float(array.max()):  # ITK's pyramid fails on it with a raw error
+            raise AlignmentError(
+                f"{volume_words(view, names)}: every voxel is {float(array.min()):.4g}, so there is nothing to align; "
+                "check that it is a brain MRI"
+            )
         scan = to_sitk(array, affine)
         if first is None:
             rigid = register(

@@ -18,27 +18,28 @@ from MultiviewCRLLib.training.raw_scans import write_raw_cohort
 
 
 @pytest.fixture(scope="module")
-def raw_with_noise(cohort64, tmp_path_factory):
-    """A raw-looking subject and a second whose T1w is noise."""
+def raw_with_constant(cohort64, tmp_path_factory):
+    """A raw-looking subject and a second whose T1w is constant (it passes discovery, which refuses
+    only an all-zero volume)."""
     raw = write_raw_cohort(cohort64, tmp_path_factory.mktemp("raw_cohort") / "raw", n_subjects=1, seed=2)
     anat = raw / "sub-0003" / "anat"
     shutil.copytree(raw / "sub-0001" / "anat", anat)
     for path in anat.iterdir():
         path.rename(anat / path.name.replace("sub-0001", "sub-0003"))
     t1 = nib.load(anat / "sub-0003_T1w.nii.gz")
-    noise = np.random.default_rng(0).uniform(0, 1000, t1.shape).astype(np.float32)
-    nib.save(nib.Nifti1Image(noise, t1.affine), anat / "sub-0003_T1w.nii.gz")
+    constant = np.full(t1.shape, 500, dtype=np.float32)
+    nib.save(nib.Nifti1Image(constant, t1.affine), anat / "sub-0003_T1w.nii.gz")
     return raw
 
 
-def test_raw_pairs_are_prepared_once_onto_the_template_grid(raw_with_noise, tmp_path):
+def test_raw_pairs_are_prepared_once_onto_the_template_grid(raw_with_constant, tmp_path):
     template, threshold = mni_brain_template(), PRESETS["tiny"].preprocessing.mask_threshold
-    report = discover_bids(raw_with_noise)
+    report = discover_bids(raw_with_constant)
     prepared = prepare_cohort(report, tmp_path, template, threshold)
     assert [p.subject for p in prepared.kept] == ["sub-0001"]
     [failed] = prepared.rejected
     assert failed.subject == "sub-0003" and failed.file.endswith("sub-0003_T1w.nii.gz")
-    assert "preparation failed" in failed.reason and "registration to the template diverged" in failed.reason
+    assert "preparation failed" in failed.reason and "every voxel is 500, so there is nothing to align" in failed.reason
     for pair, raw_pair in zip(prepared.kept, report.kept):
         assert pair.labels == raw_pair.labels and pair.split == raw_pair.split
         for path in (pair.t1, pair.t2):
@@ -48,7 +49,7 @@ def test_raw_pairs_are_prepared_once_onto_the_template_grid(raw_with_noise, tmp_
             assert abs(brain.sum() / template.mask.sum() - 1) < 0.25
             assert not brain[~ndimage.binary_dilation(template.mask, iterations=5)].any()
     written = {path: path.stat().st_mtime_ns for pair in prepared.kept for path in (pair.t1, pair.t2)}
-    again = prepare_cohort(discover_bids(raw_with_noise), tmp_path, template, threshold)
+    again = prepare_cohort(discover_bids(raw_with_constant), tmp_path, template, threshold)
     assert [p.t1 for p in again.kept] == [p.t1 for p in prepared.kept]
     assert {path: path.stat().st_mtime_ns for path in written} == written
 
