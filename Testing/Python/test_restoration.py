@@ -91,7 +91,7 @@ def cohort_cases(cohort64):
 def test_restoration_training_lowers_the_loss_and_its_networks_round_trip(cohort_cases, tmp_path):
     cases, config = cohort_cases
     assert {c.degradation for c in cases} == {"k-space x2", "thick slices 6 mm"}
-    training = RestorationTraining(steps=40, patch=16, hr_fraction=0.5, lr=3e-3)
+    training = RestorationTraining(steps=80, patch=16, hr_fraction=0.5, lr=1e-2)
     network, history = train_restoration(cases, config, training, torch.device("cpu"))
     first, last = (np.mean([h["l1"] for h in part]) for part in (history[:10], history[-10:]))
     assert last < 0.9 * first, (first, last)
