@@ -260,20 +260,21 @@ def acquisition_blur(volume: torch.Tensor, grid_affine, acquired_axes) -> torch.
 
 
 def guide_disagreement(guided, alone, acquired, mask, grid_affine, acquired_axes) -> float:
-    """How much worse the guided restoration fits the acquired data than the restoration alone:
-    the ratio of their root-mean-square differences from the acquisition inside ``mask`` less
-    its outer ``GUIDE_CHECK_EDGE_MM`` (where both restorations end at the guide's brain outline),
-    each (1, X, Y, Z) in the view's standardised units, all smoothed to the acquisition's voxels.
-    With the same person's guide it stays near 1 (its anatomy is the view's); with another
-    person's it rises, where that anatomy shows through."""
+    """How far the guide moves the restoration from the view's own data allows: the root-mean-square
+    difference between the guided and the unguided restoration over the unguided one's difference
+    from the acquisition, inside ``mask`` less its outer ``GUIDE_CHECK_EDGE_MM`` (where both end at
+    the guide's brain outline), each (1, X, Y, Z) in the view's standardised units, all smoothed to
+    the acquisition's voxels. With the same person's guide the guided restoration stays within
+    what the data leave open; another person's anatomy moves it further. (A ratio of the two
+    restorations' misfits to the data was fooled by guided restorations that lose contrast with
+    another person's guide, and so fit smoothed data no worse.)"""
     edge = int(round(GUIDE_CHECK_EDGE_MM / float(np.linalg.norm(np.asarray(grid_affine)[:3, :3], axis=0).min())))
     inside = erode((mask > 0.5).float()[None], 2 * edge + 1)[0] > 0.5
-    data = acquisition_blur(acquired, grid_affine, acquired_axes)[inside]
-
-    def misfit(restored):
-        return float((acquisition_blur(restored, grid_affine, acquired_axes)[inside] - data).square().mean().sqrt())
-
-    return misfit(guided) / max(misfit(alone), 1e-6)
+    data, guided_blurred, alone_blurred = (
+        acquisition_blur(volume, grid_affine, acquired_axes)[inside] for volume in (acquired, guided, alone)
+    )
+    moved = float((guided_blurred - alone_blurred).square().mean().sqrt())
+    return moved / max(float((alone_blurred - data).square().mean().sqrt()), 1e-6)
 
 
 def restore_scan(
@@ -291,8 +292,8 @@ def restore_scan(
     (its mean and spread inside the brain), zero outside.
 
     With a guide and ``check_guide``, the guide check runs first: the view is also restored alone,
-    and when the guided restoration fits the view's own data worse than that by more than the
-    bundle's threshold for its kind of acquisition, the guide is another person's, and
+    and when the guide moves the restoration further from it than the bundle's threshold for its
+    kind of acquisition allows (``guide_disagreement``), the guide is another person's, and
     GuideMismatch is raised (carrying the restoration alone). Its figure goes into the record.
 
     Raises RestorationError when no network fits or when the view is not coarser than the grid;
@@ -353,10 +354,10 @@ def restore_scan(
         }
         if threshold is not None and disagreement > threshold:
             raise GuideMismatch(
-                f"{names['guide']} does not look like the same person as {names['lowres']}: restored with it, "
-                f"{names['lowres']} fits its own data {disagreement:.2f} times as badly as restored alone "
-                f"(one person's pairs stay below {threshold:.2f} for {kind}); restoring with it would copy "
-                "another anatomy",
+                f"{names['guide']} does not look like the same person as {names['lowres']}: it moves the "
+                f"restoration {disagreement:.2f} times as far from the restoration alone as that lies from "
+                f"{names['lowres']}'s own data (one person's pairs stay below {threshold:.2f} for {kind}); "
+                "restoring with it would copy another anatomy",
                 finished(alone),
             )
     elif check_guide:
