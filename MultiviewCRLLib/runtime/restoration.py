@@ -260,14 +260,14 @@ def acquisition_blur(volume: torch.Tensor, grid_affine, acquired_axes) -> torch.
 
 
 def guide_disagreement(guided, alone, acquired, mask, grid_affine, acquired_axes) -> float:
-    """How far the guide moves the restoration from the view's own data allows: the root-mean-square
-    difference between the guided and the unguided restoration over the unguided one's difference
-    from the acquisition, inside ``mask`` less its outer ``GUIDE_CHECK_EDGE_MM`` (where both end at
-    the guide's brain outline), each (1, X, Y, Z) in the view's standardised units, all smoothed to
-    the acquisition's voxels. With the same person's guide the guided restoration stays within
-    what the data leave open; another person's anatomy moves it further. (A ratio of the two
-    restorations' misfits to the data was fooled by guided restorations that lose contrast with
-    another person's guide, and so fit smoothed data no worse.)"""
+    """How far the guide moves the restoration, in units of what the view's own data leave open: the
+    root-mean-square difference between the guided and the unguided restoration over the unguided
+    one's difference from the acquisition, inside ``mask`` less its outer ``GUIDE_CHECK_EDGE_MM``
+    (where both end at the guide's brain outline), each (1, X, Y, Z) in the view's standardised
+    units, all smoothed to the acquisition's voxels. With the same person's guide the guided
+    restoration stays within what the data leave open; another person's anatomy moves it further.
+    Misfits to the data alone would not do: with another person's guide a restoration can lose
+    contrast, and smoothed it then fits the data no worse."""
     edge = int(round(GUIDE_CHECK_EDGE_MM / float(np.linalg.norm(np.asarray(grid_affine)[:3, :3], axis=0).min())))
     inside = erode((mask > 0.5).float()[None], 2 * edge + 1)[0] > 0.5
     data, guided_blurred, alone_blurred = (
