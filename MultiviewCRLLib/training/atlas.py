@@ -5,6 +5,7 @@ a bundle's inputs are prepared into."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 from scipy import ndimage
@@ -24,8 +25,10 @@ class TissueAtlas:
     deep_wm_mm: np.ndarray  # (N, 3) deep white-matter positions
 
 
+@cache
 def load_tissue_atlas() -> TissueAtlas:
-    """Load the MNI152 2009a maps bundled with nilearn (no network access)."""
+    """Load the MNI152 2009a maps bundled with nilearn (no network access), once per process: the
+    maps take seconds to unpack and sum, and every cohort a process writes reads them."""
     from nilearn.datasets import load_mni152_brain_mask, load_mni152_gm_template, load_mni152_wm_template
 
     gm_img = load_mni152_gm_template(resolution=1)

@@ -51,9 +51,18 @@ STYLE_FACTORS_REMOVED_BY_PREPROCESSING = ("gain",)
 def probe_r2(
     x_val: np.ndarray, y_val: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, probes=EvaluationConfig()
 ) -> dict[str, float]:
-    """R² on test of a linear, a ridge (strength by cross-validation) and a kernel-ridge (RBF,
-    grid-searched with 3-fold CV) probe fitted on validation, with ``probes``' settings. Plain least
-    squares interpolates hundreds of dims on tens of subjects; the ridge is the linear probe to trust.
+    """R² on test of a linear, a ridge and a kernel-ridge probe of one target (``probe_r2_columns``)."""
+    return probe_r2_columns(x_val, y_val[:, None], x_test, y_test[:, None], probes)[0]
+
+
+def probe_r2_columns(
+    x_val: np.ndarray, y_val: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, probes=EvaluationConfig()
+) -> list[dict[str, float]]:
+    """For each column of ``y`` (subjects, targets): R² on test of a linear, a ridge (strength by
+    cross-validation, per target) and a kernel-ridge (RBF, grid-searched with 3-fold CV per target)
+    probe fitted on validation, with ``probes``' settings. Plain least squares interpolates
+    hundreds of dims on tens of subjects; the ridge is the linear probe to trust. Every probe treats
+    each target on its own; the targets are fitted together where a probe allows (one solve).
 
     The RBF's gamma is relative to the median pairwise distance of the validation features (the
     median heuristic), so the same grid suits 8 dims and 512: on hundreds of standardised dims the
@@ -68,22 +77,24 @@ def probe_r2(
 
     scaler = StandardScaler().fit(x_val)
     a, b = scaler.transform(x_val), scaler.transform(x_test)
-    target = StandardScaler().fit(y_val[:, None])
-    ya, yb = target.transform(y_val[:, None]).ravel(), target.transform(y_test[:, None]).ravel()
-    linear = LinearRegression().fit(a, ya)
-    ridge = RidgeCV(alphas=np.asarray(probes.ridge_alphas)).fit(a, ya)
+    target = StandardScaler().fit(y_val)
+    ya, yb = target.transform(y_val), target.transform(y_test)
+    linear = LinearRegression().fit(a, ya).predict(b)
+    ridge = RidgeCV(alphas=np.asarray(probes.ridge_alphas), alpha_per_target=True).fit(a, ya).predict(b)
     width = float(np.median(pdist(a))) or 1.0
     grid = probes.kernel_ridge_grid
     if len(grid["alpha"]) * len(grid["gamma"]) == 1:
-        kernel = KernelRidge(kernel="rbf", alpha=grid["alpha"][0], gamma=grid["gamma"][0]).fit(a / width, ya)
+        model = KernelRidge(kernel="rbf", alpha=grid["alpha"][0], gamma=grid["gamma"][0])
+        kernel = model.fit(a / width, ya).predict(b / width)
     else:
         folds = max(2, min(3, len(a) // 2))  # R² needs at least two samples per held-out fold
-        kernel = GridSearchCV(KernelRidge(kernel="rbf"), grid, cv=folds).fit(a / width, ya)
-    return {
-        "linear": float(r2_score(yb, linear.predict(b))),
-        "ridge": float(r2_score(yb, ridge.predict(b))),
-        "kernel_ridge": float(r2_score(yb, kernel.predict(b / width))),
+        columns = [GridSearchCV(KernelRidge(kernel="rbf"), grid, cv=folds).fit(a / width, y) for y in ya.T]
+        kernel = np.stack([search.predict(b / width) for search in columns], axis=1)
+    scores = {
+        name: r2_score(yb, predicted, multioutput="raw_values")
+        for name, predicted in (("linear", linear), ("ridge", ridge), ("kernel_ridge", kernel))
     }
+    return [{name: float(values[j]) for name, values in scores.items()} for j in range(y_val.shape[1])]
 
 
 def view_accuracy(val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> float:
@@ -390,15 +401,13 @@ def factor_probes(val: Encoded, test: Encoded, content_dim: int, groups: dict, p
         x_val, x_test = getattr(val, view)[:, cols], getattr(test, view)[:, cols]
         for names in groups.values():
             y_val, y_test = factor_matrix(val.pairs, names), factor_matrix(test.pairs, names)
-            for j, name in enumerate(names):
-                per_factor[(block, view, name)] = probe_r2(x_val, y_val[:, j], x_test, y_test[:, j], probes)
+            for name, r2 in zip(names, probe_r2_columns(x_val, y_val, x_test, y_test, probes)):
+                per_factor[(block, view, name)] = r2
         if block == "content":
             names = groups["content"]
             y_val = factor_matrix(val.pairs, names)
             shuffled = factor_matrix(test.pairs, names)[rng.permutation(len(test.pairs))]
-            control = [
-                probe_r2(x_val, y_val[:, j], x_test, shuffled[:, j], probes)["kernel_ridge"] for j in range(len(names))
-            ]
+            control = [r2["kernel_ridge"] for r2 in probe_r2_columns(x_val, y_val, x_test, shuffled, probes)]
             controls[f"control_permuted_content_r2_{VIEW_NAMES[view]}"] = metric(
                 float(np.mean(control)),
                 "kernel-ridge R² of content -> content factors shuffled across test subjects (must collapse)",

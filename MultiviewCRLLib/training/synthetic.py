@@ -379,6 +379,7 @@ def generate_cohort(
         subjects = [f"sub-{i + 1:04d}" for i in range(n_subjects)]
         jobs = [(i, seed, subjects[i], designs[i], str(staging), lowres_views) for i in range(n_subjects)]
         workers = workers or min(os.cpu_count() or 1, n_subjects)
+        load_tissue_atlas()  # loaded here once, so that forked workers inherit it
         progress = {"total": n_subjects, "desc": "synthetic cohort", "unit": "subject", "disable": not show_progress}
         if workers > 1:
             with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(spacing_mm, 1)) as pool:

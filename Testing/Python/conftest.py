@@ -1,11 +1,20 @@
 """Shared fixtures: real synthetic cohorts written to temporary folders once per test session."""
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from MultiviewCRLLib.training.runs import RunRequest, train_run
 from MultiviewCRLLib.training.synthetic import generate_cohort
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    # The test processes share the machine's cores: torch's threads are split between them, the same
+    # in the processes the tests start (a run resumed in one must match a run made in the other).
+    THREADS = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")

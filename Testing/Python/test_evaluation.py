@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from MultiviewCRLLib.config import image_key, r2_key, retrieval_key, view_accuracy_key
-from MultiviewCRLLib.training.evaluation import dci, probe_r2, psnr_ssim, retrieval_at_k, view_accuracy
+from MultiviewCRLLib.training.evaluation import (
+    dci,
+    probe_r2,
+    probe_r2_columns,
+    psnr_ssim,
+    retrieval_at_k,
+    view_accuracy,
+)
 
 
 @pytest.fixture
@@ -27,6 +34,16 @@ def test_probes_recover_a_planted_signal_and_not_noise(planted):
     assert linear["linear"] > 0.99
     nothing = probe_r2(x[:80], noise[:80], x[80:], noise[80:])
     assert nothing["kernel_ridge"] < 0.1 and nothing["linear"] < 0.1
+
+
+def test_probes_of_several_targets_score_each_target_as_alone(planted):
+    x, signal, noise = planted
+    targets = np.stack([signal, x[:, 2] * 3 + 1, noise], axis=1)
+    together = probe_r2_columns(x[:80], targets[:80], x[80:], targets[80:])
+    for column, scores in enumerate(together):  # the default grid: one search per target
+        alone = probe_r2(x[:80], targets[:80, column], x[80:], targets[80:, column])
+        assert scores == pytest.approx(alone, abs=1e-9)
+    assert together[0]["kernel_ridge"] > 0.9 and together[1]["linear"] > 0.99 and together[2]["kernel_ridge"] < 0.1
 
 
 def test_retrieval_extremes():
