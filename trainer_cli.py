@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         "thick slices, on top of the per-view contrast augmentation [0]",
     )
     train.add_argument(
+        "--randomised-map-input",
+        action=argparse.BooleanOptionalAction,
+        help="spatial family: the random contrasts and resolutions go only to a copy of each view that the "
+        "content map reads; the style and the reconstruction targets keep the realistic view [off]",
+    )
+    train.add_argument(
         "--separable",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -141,6 +147,7 @@ TRAIN_FLAGS = {
     "amp_dtype": "amp_dtype",
     "augment": "augment",
     "contrast_randomisation": "contrast_randomisation",
+    "randomised_map_input": "randomised_map_input",
     "log_every": "log_every",
     "image_every": "image_every",
     "checkpoint_every": "checkpoint_every",

@@ -144,10 +144,18 @@ class TrainConfig:
     # (training.data.view_augmentation, which it turns on), so that the content map cannot encode a
     # view's intensities and the model meets real scans' contrasts and slice thicknesses.
     contrast_randomisation: float = 0.0
+    # Spatial family: the random contrasts and resolutions go only to a copy of each view that the
+    # content map reads; the style and the reconstruction targets keep the realistic view, so the
+    # map must give one tissue code whatever it is read from, and the style need not learn curves.
+    randomised_map_input: bool = False
     log_every: int = 100
     image_every: int = 5_000
     checkpoint_every: int = 5_000
     keep_checkpoints: int = 3
+
+    def __post_init__(self):
+        if self.randomised_map_input and not self.contrast_randomisation:
+            raise ValueError("randomised_map_input randomises the map's input: it needs contrast_randomisation > 0")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,6 +17,7 @@ tensor; the global family ignores it); and ``decoder.decode(content, style)`` dr
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -198,6 +199,21 @@ class PooledEncoder(nn.Sequential):
         )
 
 
+@contextlib.contextmanager
+def running_statistics_kept(module: nn.Module):
+    """Within it, the batch norms of ``module`` normalise by the batch as in training but leave their
+    running statistics as they are: for a pass over inputs that inference never sees."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.momentum = 0.0
+    try:
+        yield
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+
+
 def view_indices(views, batch: int, device) -> torch.Tensor:
     """The (B,) long tensor of view indices from an int for every image or a (B,) tensor."""
     if views is None:
@@ -301,13 +317,27 @@ class SpatialEncoder(nn.Module):
         logits = self.to_map(context)[..., : size[0], : size[1], : size[2]] + local + self.intensity_code(x, views)
         return torch.softmax(logits, dim=1)
 
-    def forward(self, x: torch.Tensor, with_content: bool = False, views=None, second_half_flips: tuple[int, ...] = ()):
+    def forward(
+        self,
+        x: torch.Tensor,
+        with_content: bool = False,
+        views=None,
+        second_half_flips: tuple[int, ...] = (),
+        map_input: torch.Tensor | None = None,
+    ):
         """``views``: each image's view index (an int or (B,)); ``second_half_flips``: axes along
         which the last half of ``x`` was flipped; its maps are flipped back before anything else
-        reads them (training's test of equivariance)."""
+        reads them (training's test of equivariance). ``map_input``: (B, 1, X, Y, Z), another
+        rendering of ``x`` (training's randomised contrast) that the map is read from instead, with
+        its own style for the map's modulation; z's style block stays that of ``x``."""
         views = view_indices(views, len(x), x.device)
         style = self.style_encoder(x) + self.view_style[views]
-        content = self.content_map(x, style, views)
+        if map_input is None:
+            content = self.content_map(x, style, views)
+        else:
+            with running_statistics_kept(self.style_encoder):  # inference only ever sees x
+                map_style = self.style_encoder(map_input) + self.view_style[views]
+            content = self.content_map(map_input, map_style, views)
         content = flip_second_half(content, second_half_flips)
         z = torch.cat([self.content_head(content.detach()), style], dim=1)
         return (z, content) if with_content else z

@@ -10,6 +10,8 @@ import numpy as np
 from monai.data import Dataset, PersistentDataset
 from monai.transforms import (
     Compose,
+    CopyItemsd,
+    DeleteItemsd,
     NormalizeIntensityd,
     RandAdjustContrastd,
     RandAffined,
@@ -98,31 +100,52 @@ def augmentation() -> Compose:
     return Compose(transforms)
 
 
-def view_augmentation(randomise: float = 0.0) -> Compose:
+# Each view's copy that only the content map reads, when training randomises the map's input alone.
+MAP_INPUT_KEYS = tuple(f"map_{key}" for key in VIEW_KEYS)
+
+
+def randomised_contrast(key: str, randomise: float, monotone: bool = False) -> list:
+    """With probability ``randomise``: a random intensity curve (any contrast, as SynthSeg draws
+    tissue intensities, but without labels, so it works on real cohorts too; ``monotone``: in the
+    view's tissue order), then k-space truncation or thick slices along a random axis (each with
+    half the probability): the resolutions and slice thicknesses of clinical scans. (1, X, Y, Z)."""
+    return [
+        RandIntensityCurved(key, prob=randomise, monotone=monotone),
+        RandKSpaceTruncationd(key, prob=randomise / 2),
+        RandThickSlicesd(key, prob=randomise / 2),
+    ]
+
+
+def view_augmentation(randomise: float = 0.0, map_input: bool = False) -> Compose:
     """Independent contrast augmentation per view: a bias field, a gamma and noise drawn for each
     view on its own, then the brain mask and z-score again. A subject's two views then differ in
     contrast in ways no anatomy explains, so content cannot carry a view's contrast. (1, X, Y, Z).
 
-    With ``randomise`` > 0, first, each with that probability and per view: a random intensity
-    curve (any contrast, as SynthSeg draws tissue intensities, but without labels, so it works on
-    real cohorts too), then k-space truncation or thick slices along a random axis (each with half
-    the probability): the resolutions and slice thicknesses of clinical scans.
+    With ``randomise`` > 0, first, per view, its random contrasts and resolutions
+    (``randomised_contrast``). With ``map_input`` they go instead to a copy of each augmented view
+    (``MAP_INPUT_KEYS``, masked and z-scored too, curves kept monotone): the content map reads the
+    copy, while the style and the reconstruction's target stay the realistic view, so the map has
+    to give one tissue code whatever the contrast and resolution it is read from.
     """
     transforms = []
     for key in VIEW_KEYS:  # one instance per view: the draws are independent
-        if randomise:
-            transforms += [
-                RandIntensityCurved(key, prob=randomise),
-                RandKSpaceTruncationd(key, prob=randomise / 2),
-                RandThickSlicesd(key, prob=randomise / 2),
-            ]
+        if randomise and not map_input:
+            transforms += randomised_contrast(key, randomise)
         transforms += [
             ScaleIntensityd(key, minv=0.0, maxv=1.0),  # positive intensities for a multiplicative field
             RandBiasFieldd(key, coeff_range=(0.1, 0.3), prob=0.8),
             RandAdjustContrastd(key, gamma=(0.7, 1.5), prob=0.5),
             RandGaussianNoised(key, std=0.02, prob=0.5),
         ]
-    return Compose([*transforms, ApplyMaskd(VIEW_KEYS), NormalizeIntensityd(VIEW_KEYS, nonzero=True)])
+    transforms += [ApplyMaskd(VIEW_KEYS), NormalizeIntensityd(VIEW_KEYS, nonzero=True)]
+    if randomise and map_input:
+        copied = [*VIEW_KEYS, *(mask_key(k) for k in VIEW_KEYS)]
+        transforms.append(CopyItemsd(copied, names=[*MAP_INPUT_KEYS, *(mask_key(k) for k in MAP_INPUT_KEYS)]))
+        for key in MAP_INPUT_KEYS:
+            transforms += randomised_contrast(key, randomise, monotone=True)
+        transforms += [ApplyMaskd(MAP_INPUT_KEYS), NormalizeIntensityd(MAP_INPUT_KEYS, nonzero=True)]
+        transforms.append(DeleteItemsd([mask_key(k) for k in MAP_INPUT_KEYS]))  # the views' masks are theirs
+    return Compose(transforms)
 
 
 def plain_collate(items: list[dict]) -> dict:
@@ -148,20 +171,22 @@ def paired_dataset(
     seed: int = 0,
     view_augment: bool = False,
     randomise: float = 0.0,
+    map_input: bool = False,
 ) -> Dataset:
-    """A MONAI dataset of {"subject", "t1", "t2", "mask_t1", "mask_t2"}; volumes (1, *spatial_size).
+    """A MONAI dataset of {"subject", "t1", "t2", "mask_t1", "mask_t2"} (and ``MAP_INPUT_KEYS`` with
+    ``map_input``); volumes (1, *spatial_size).
 
     With ``cache_root`` the deterministic preprocessing is paid once: results persist under
     ``cache_root/<config fingerprint>``, so a changed preprocessing config never reuses them.
     Augmentation (``augment``: shared rigid; ``view_augment``: contrast per view; ``randomise``:
-    the probability of its random contrasts and resolutions, which turns it on), when on, runs
-    after the cache.
+    the probability of its random contrasts and resolutions, which turns it on; ``map_input``: they
+    go to the content map's own copy of each view), when on, runs after the cache.
     """
     transforms = list(file_transforms(VIEW_KEYS, config).transforms)
     if augment:
         transforms += list(augmentation().transforms)
     if view_augment or randomise:
-        transforms += list(view_augmentation(randomise).transforms)
+        transforms += list(view_augmentation(randomise, map_input).transforms)
     pipeline = Compose(transforms)
     # Seeded after composing: a new Compose reseeds its transforms from MONAI's global seed.
     pipeline.set_random_state(seed=seed)

@@ -222,16 +222,21 @@ class RandThickSlicesd(RandDegradationd):
 
 class RandIntensityCurved(RandDegradationd):
     """An intensity curve through ``points`` values, each the identity's value moved towards a
-    uniform draw by a weight drawn from (0, ``strength``): 1 allows any contrast, SynthSeg-like."""
+    uniform draw by a weight drawn from (0, ``strength``): 1 allows any contrast, SynthSeg-like.
+    ``monotone``: the draws are sorted, so the curve keeps the order of the view's tissues (darkest
+    stays darkest) and changes only their spacing."""
 
-    def __init__(self, keys: KeysCollection, prob: float = 1.0, points: int = 6, strength: float = 1.0):
+    def __init__(
+        self, keys: KeysCollection, prob: float = 1.0, points: int = 6, strength: float = 1.0, monotone: bool = False
+    ):
         super().__init__(keys, prob)
-        self.points, self.strength = points, strength
+        self.points, self.strength, self.monotone = points, strength, monotone
 
     def degradation(self):
         identity = np.linspace(0.0, 1.0, self.points)
         weight = self.R.uniform(0, self.strength)
-        return IntensityCurve((1 - weight) * identity + weight * self.R.uniform(0, 1, self.points))
+        draws = self.R.uniform(0, 1, self.points)
+        return IntensityCurve((1 - weight) * identity + weight * (np.sort(draws) if self.monotone else draws))
 
     def apply(self, transform, image, mask):
         if mask is None:

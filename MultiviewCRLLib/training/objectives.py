@@ -85,7 +85,14 @@ class SpatialObjective(GlobalObjective):
     def __call__(self, encoder, decoder, x: torch.Tensor, batch: dict, step: int) -> LossTerms:
         views = torch.arange(len(VIEW_KEYS), device=x.device).repeat_interleave(len(batch["t1"]))
         flips = self.second_view_flips()
-        z, content = encoder(flip_second_half(x, flips), with_content=True, views=views, second_half_flips=flips)
+        map_input = batch.get("map_input")  # (2B, 1, X, Y, Z): the map's randomised copy of x, if any
+        z, content = encoder(
+            flip_second_half(x, flips),
+            with_content=True,
+            views=views,
+            second_half_flips=flips,
+            map_input=None if map_input is None else flip_second_half(map_input, flips),
+        )
         with self.clock("losses"):
             z1, z2, contrastive = self.contrast(z)
         if step < self.config.warmup_steps:

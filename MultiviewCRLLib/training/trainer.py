@@ -37,7 +37,7 @@ from ..runtime.precision import inference_precision, precision_policy
 from ..runtime.preprocessing import file_transforms, to_nifti
 from ..runtime.storage import atomic_save_nifti, atomic_torch_save, atomic_write_bytes
 from .atlas import mni_brain_template
-from .data import paired_dataset, plain_collate
+from .data import MAP_INPUT_KEYS, paired_dataset, plain_collate
 from .discovery import Pair
 from .distributed import cross_rank_batchnorm, rank, world_size
 from .encoding import Encoded
@@ -232,6 +232,10 @@ class Trainer:
         cache_root: Path | None = None,
         clock: PhaseClock | None = None,
     ):
+        if train.randomised_map_input and model.family != "spatial":
+            raise ValueError(
+                "randomised_map_input needs the spatial family: only its content map reads an input of its own"
+            )
         self.run_dir = Path(run_dir)
         self.model_config, self.preprocessing, self.config = model, preprocessing, train
         self.train_pairs, self.image_pair, self.seed = train_pairs, image_pair, seed
@@ -350,6 +354,8 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------------
     def train_step(self, batch: dict) -> dict[str, float]:
         x = self.precision.place(torch.cat([batch["t1"], batch["t2"]]))  # (2B, 1, X, Y, Z)
+        if MAP_INPUT_KEYS[0] in batch:  # the content map's own, randomised, copy of each view
+            batch = {**batch, "map_input": self.precision.place(torch.cat([batch[k] for k in MAP_INPUT_KEYS]))}
         # A step with a non-finite loss is skipped whole, BatchNorm running statistics included.
         buffers = {name: b.clone() for name, b in self.modules()[0].named_buffers()}
         with self.clock("forward"), self.precision.autocast():
@@ -400,6 +406,7 @@ class Trainer:
             self.seed,
             cfg.view_augment,
             cfg.contrast_randomisation,
+            cfg.randomised_map_input,
         )
         sampler = StepBatches(len(dataset), cfg.batch_size, self.seed, self.step, cfg.steps, self.rank, self.world)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers, collate_fn=plain_collate)

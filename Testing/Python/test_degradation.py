@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from MultiviewCRLLib.config import PRESETS
-from MultiviewCRLLib.training.data import paired_dataset
+from MultiviewCRLLib.training.data import MAP_INPUT_KEYS, paired_dataset
 from MultiviewCRLLib.training.degradation import (
     IntensityCurve,
     KSpaceTruncation,
@@ -68,6 +68,11 @@ def test_random_degradations_draw_per_call_and_need_a_mask_for_curves():
     assert not torch.allclose(first, second)
     with pytest.raises(KeyError, match="mask_<key>"):
         curve({"t1": image})
+    monotone = RandIntensityCurved("t1", prob=1.0, monotone=True)
+    monotone.set_random_state(seed=0)
+    ramp = torch.linspace(1, 5, 200).view(1, 5, 8, 5)
+    for _ in range(20):  # the darkest voxel stays darkest, whatever the draw
+        assert (monotone({"t1": ramp, "mask_t1": torch.ones_like(ramp)})["t1"].flatten().diff() >= 0).all()
     slices = RandThickSlicesd("t1", prob=1.0)
     slices.set_random_state(seed=0)
     assert not torch.allclose(slices(item)["t1"], image)
@@ -86,3 +91,17 @@ def test_contrast_randomised_items_stay_masked_and_z_scored_and_differ_per_view(
     # Random curves move the tissue intensities away from the plain view's, each draw differently.
     correlations = [np.corrcoef(plain["t1"].flatten(), item["t1"].flatten())[0, 1] for item in draws]
     assert min(correlations) < 0.95 and np.ptp(correlations) > 0.01
+
+
+def test_a_randomised_map_input_is_a_masked_z_scored_copy_and_leaves_the_views_realistic(cohort64):
+    pairs = discover_bids(cohort64).kept[:2]
+    preprocessing = PRESETS["tiny-spatial"].preprocessing
+    plain = paired_dataset(pairs, preprocessing, seed=0, view_augment=True)[0]
+    item = paired_dataset(pairs, preprocessing, seed=0, view_augment=True, randomise=1.0, map_input=True)[0]
+    for view, copy in zip(("t1", "t2"), MAP_INPUT_KEYS):
+        inside = item[f"mask_{view}"] > 0.5
+        assert (item[copy][~inside] == 0).all()
+        assert abs(float(item[copy][inside].mean())) < 1e-3 and abs(float(item[copy][inside].std()) - 1) < 1e-2
+        # The view itself is drawn as without randomisation; only the map's copy is randomised.
+        torch.testing.assert_close(item[view], plain[view])
+        assert np.corrcoef(item[view].flatten(), item[copy].flatten())[0, 1] < 0.99

@@ -16,6 +16,7 @@ from MultiviewCRLLib.runtime.networks import (
     residual_unit,
 )
 from MultiviewCRLLib.training.losses import BaurLoss, ContentInfoNCE, DenseInfoNCE, box_means_at, retrieval_top1
+from MultiviewCRLLib.training.objectives import SpatialObjective
 
 
 def test_seed_preset_matches_the_report_size_and_shapes():
@@ -205,3 +206,44 @@ def test_the_content_map_starts_as_one_tissue_code_for_both_contrasts():
     assert (t1_map.argmax(0)[..., :4] == 0).all() and (t1_map.argmax(0)[..., 4:] != 0).all()
     with pytest.raises(ValueError, match="needs each image's view"):
         encoder(t1)
+
+
+def test_a_map_input_gives_the_map_while_the_style_stays_the_views():
+    preset = PRESETS["tiny-spatial"]
+    encoder, _ = build_networks(preset.model, preset.preprocessing.spatial_size)
+    encoder.eval()
+    x, other = torch.randn(2, 2, 1, *preset.preprocessing.spatial_size)
+    z, content = encoder(x, with_content=True, views=0)
+    z_other, content_other = encoder(other, with_content=True, views=0)
+    z_mixed, content_mixed = encoder(x, with_content=True, views=0, map_input=other)
+    torch.testing.assert_close(content_mixed, content_other)
+    torch.testing.assert_close(preset.model.style(z_mixed), preset.model.style(z))
+    torch.testing.assert_close(preset.model.content(z_mixed), preset.model.content(z_other))
+
+
+def test_a_map_input_leaves_the_style_running_statistics_to_the_views():
+    preset = PRESETS["tiny-spatial"]
+    x, other = torch.randn(2, 4, 1, *preset.preprocessing.spatial_size)
+    statistics = []
+    for map_input in (None, other * 3 + 1):
+        torch.manual_seed(0)
+        encoder, _ = build_networks(preset.model, preset.preprocessing.spatial_size)
+        encoder(x, views=0, map_input=map_input)  # training mode: running statistics move
+        statistics.append({k: v.clone() for k, v in encoder.style_encoder.state_dict().items() if "running" in k})
+    assert statistics[0] and all(torch.equal(statistics[0][k], statistics[1][k]) for k in statistics[0])
+
+
+def test_the_spatial_objective_reads_the_map_from_the_batchs_map_input():
+    preset = PRESETS["tiny-spatial"]
+    encoder, decoder = build_networks(preset.model, preset.preprocessing.spatial_size)
+    objective = SpatialObjective(preset.model, preset.train, DenseInfoNCE(preset.model.map_channels, 32))
+    x = torch.randn(4, 1, *preset.preprocessing.spatial_size)
+    mask = torch.ones(2, 1, *preset.preprocessing.spatial_size)
+    batch = {"t1": x[:2], "t2": x[2:], "mask_t1": mask, "mask_t2": mask}
+
+    def reconstruction(extra: dict) -> float:
+        torch.manual_seed(0)  # the same flips and dense samples each time
+        return objective(encoder, decoder, x, {**batch, **extra}, step=0).reconstruction.item()
+
+    assert reconstruction({"map_input": x}) == pytest.approx(reconstruction({}), rel=1e-5)
+    assert reconstruction({"map_input": torch.randn_like(x)}) != pytest.approx(reconstruction({}), rel=1e-3)

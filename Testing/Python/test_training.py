@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -24,7 +25,7 @@ from MultiviewCRLLib.runtime.preprocessing import file_transforms
 from MultiviewCRLLib.training.data import read_splits
 from MultiviewCRLLib.training.discovery import discover_bids
 from MultiviewCRLLib.training.runs import RunError, RunRequest, train_run
-from MultiviewCRLLib.training.trainer import TrainingStopped, latest_checkpoint
+from MultiviewCRLLib.training.trainer import Trainer, TrainingStopped, latest_checkpoint
 
 STEPS = 30
 ROOT = Path(__file__).resolve().parents[2]
@@ -314,3 +315,10 @@ def test_report_command_parses_with_the_report_values():
     help_text = parser.format_help()
     for flag in ("--dataroot", "--dataset_name", "--train-steps", "--resume", "--preset", "--num-workers"):
         assert flag in help_text
+
+
+def test_a_randomised_map_input_is_refused_for_the_global_family(tmp_path):
+    preset = PRESETS["tiny"]
+    train = replace(preset.train, contrast_randomisation=0.5, randomised_map_input=True)
+    with pytest.raises(ValueError, match="randomised_map_input needs the spatial family"):
+        Trainer(tmp_path / "run", preset.model, preset.preprocessing, train, [], None)
