@@ -14,7 +14,9 @@ high-resolution references inside the brain, it writes ``restoration.md`` (the t
 (three subjects: low resolution, B-spline, cross-view, restored, reference) under ``--out``.
 ``--save-into`` writes the guided and unguided networks trained with every volume into a bundle,
 and calibrates their guide check on 40 validation subjects (measured on 40 test subjects);
-``--calibrate-guide-check`` only calibrates the guide check of ``--bundle``'s networks.
+``--calibrate-guide-check`` only calibrates the guide check of ``--bundle``'s networks; with
+``--raw-val`` and ``--raw-test`` (raw scans, ``training.raw_scans``) it is also calibrated and
+measured on pairs prepared from raw scans, as the analysis prepares them.
 """
 
 import argparse
@@ -50,6 +52,7 @@ from MultiviewCRLLib.training.restoration import (
     guide_check_calibration,
     guide_check_figures,
     guide_disagreements,
+    prepared_guide_disagreements,
     restoration_cases,
     train_restoration,
 )
@@ -181,14 +184,19 @@ def plot(results: dict, examples: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def calibrate_guide_check(folder: Path, splits: dict) -> None:
+def calibrate_guide_check(folder: Path, splits: dict, raw: dict[str, list] | None = None) -> None:
     """The guide check of the networks in bundle ``folder``, calibrated on validation subjects and
-    measured on test subjects."""
+    measured on test subjects; with ``raw`` ({"val", "test"}: raw pairs), for prepared pairs too."""
     started = time.perf_counter()
     bundle = load_bundle(folder)
-    calibration = guide_check_calibration(splits["val"][:GUIDE_CHECK_SUBJECTS], bundle, seed=3)
+    raw = raw or {"val": [], "test": []}
+    calibration = guide_check_calibration(splits["val"][:GUIDE_CHECK_SUBJECTS], bundle, seed=3, raw_pairs=raw["val"])
     test_pairs = splits["test"][:GUIDE_CHECK_SUBJECTS]
     found = guide_disagreements(test_pairs, bundle, seed=4)
+    if raw["test"]:
+        prepared, refused = prepared_guide_disagreements(raw["test"], bundle)
+        found.update(prepared)
+        calibration.update(raw_test_subjects=len(raw["test"]), test_two_people_refused_by_preparation=refused)
     calibration.update(test_subjects=len(test_pairs), test=guide_check_figures(found, calibration["thresholds"]))
     save_guide_check(folder, calibration)
     print(f"guide check calibrated in {time.perf_counter() - started:.0f} s: {json.dumps(calibration, indent=1)}")
@@ -207,15 +215,28 @@ def main() -> None:
     parser.add_argument(
         "--calibrate-guide-check", action="store_true", help="only calibrate the guide check of --bundle's networks"
     )
+    for split in ("val", "test"):
+        parser.add_argument(
+            f"--raw-{split}",
+            type=Path,
+            help=f"raw scans of {split} subjects (training.raw_scans --split {split}): the guide check is also "
+            "calibrated and measured on them as the analysis prepares them",
+        )
     args = parser.parse_args()
+    if (args.raw_val is None) != (args.raw_test is None):
+        parser.error("give --raw-val and --raw-test together: thresholds come from the one, figures from the other")
     if args.save_into and (args.save_into / RESTORATION_WEIGHTS).exists():
         parser.error(f"{args.save_into / RESTORATION_WEIGHTS} exists; remove it first to train again")
     torch.set_num_threads(2)
     bundle = load_bundle(args.bundle)
     report = discover(args.cohort)
     splits = split_pairs(report, assign_splits(report.kept, args.seed))
+    raw = {
+        split: discover(folder).kept if folder else []
+        for split, folder in (("val", args.raw_val), ("test", args.raw_test))
+    }
     if args.calibrate_guide_check:
-        calibrate_guide_check(args.bundle, splits)
+        calibrate_guide_check(args.bundle, splits, raw)
         return
     started = time.perf_counter()
     template = RestorationConfig(map_channels=bundle.model.map_channels)
@@ -256,7 +277,7 @@ def main() -> None:
                 "measured": results["table"],
             },
         )
-        calibrate_guide_check(args.save_into, splits)
+        calibrate_guide_check(args.save_into, splits, raw)
         print(f"wrote the restoration networks into {args.save_into} and its card {write_model_card(args.save_into)}")
 
 

@@ -66,7 +66,7 @@ class Bundle:
     input_check: InputCheck | None = None
     template: Template | None = None  # the space its training inputs were in; None: inputs taken as prepared
     restoration: dict[str, RestorationNetwork] = field(default_factory=dict)  # by GUIDES name
-    guide_check: dict[str, float] = field(default_factory=dict)  # ACQUISITION_KINDS name -> threshold
+    guide_check: dict[str, float] = field(default_factory=dict)  # GUIDE_CHECK_THRESHOLDS name -> threshold
 
     @property
     def content_dim(self) -> int:

@@ -111,10 +111,7 @@ def ready_for_preprocessing(
     # Each view's voxel edges as acquired (mm, columns), in the world of the arrays handed on.
     axes = {view: np.asarray(affine, dtype=float)[:3, :3] for view, (_, affine) in given.items()}
     if prepare:
-        prepared = prepare_pair(ready, bundle.template, names, cancel)
-        for view, to_input in prepared.to_input.items():
-            turned = np.linalg.inv(to_input)[:3, :3] @ axes[view]
-            axes[view] = turned / np.linalg.norm(turned, axis=0) * np.linalg.norm(axes[view], axis=0)
+        prepared, axes = prepared_with_axes(bundle, ready, names, cancel)
         out.to_input = prepared.to_input[next(iter(prepared.images))]
         out.brain_masks = prepared.brain_masks
         out.notes.append(
@@ -122,11 +119,24 @@ def ready_for_preprocessing(
             "the outputs sit in the template's space, placed over the inputs by a transform"
         )
         ready = prepared.images
-    return restored_if_coarse(bundle, ready, axes, names, out, cancel, check_guide=not prepare)
+    return restored_if_coarse(bundle, ready, axes, names, out, cancel, prepared=prepare)
+
+
+def prepared_with_axes(bundle: Bundle, ready: dict, names, cancel: CancelToken | None = None) -> tuple:
+    """``prepare_pair`` of ``ready`` ({view: (array, affine)}, in a scanner-like range) onto the
+    bundle's template, and each view's voxel edges as acquired (3 x 3, mm, columns) turned into the
+    template's world, where the prepared arrays lie."""
+    prepared = prepare_pair(ready, bundle.template, names, cancel)
+    axes = {}
+    for view, to_input in prepared.to_input.items():
+        acquired = np.asarray(ready[view][1], dtype=float)[:3, :3]
+        turned = np.linalg.inv(to_input)[:3, :3] @ acquired
+        axes[view] = turned / np.linalg.norm(turned, axis=0) * np.linalg.norm(acquired, axis=0)
+    return prepared, axes
 
 
 def restored_if_coarse(
-    bundle: Bundle, ready: dict, axes: dict, names, out: PairAnalysis, cancel, check_guide: bool = True
+    bundle: Bundle, ready: dict, axes: dict, names, out: PairAnalysis, cancel, prepared: bool = False
 ) -> dict:
     """``ready`` with the view the bundle's restoration networks restore replaced by its restoration
     (guided by the other view when given) when its voxels (``axes`` {view: 3 x 3 voxel edges in mm,
@@ -134,9 +144,9 @@ def restored_if_coarse(
     than the model grid but much coarser than the restoration grid is restored too: a thick slab
     loses anatomy across its slices that the model grid would keep. A guide that the guide check
     finds to be another person's is not used: the view is restored alone, and ``out`` carries
-    the warning for the input check. Without ``check_guide`` (prepared raw scans: the check is
-    calibrated on pairs as acquired, and a prepared pair's residual misregistration reads to it
-    like another person) the notes say that it did not run."""
+    the warning for the input check. ``prepared``: the pair was prepared from raw scans and is held
+    to the check's thresholds for prepared pairs. Where the bundle has no threshold for the pair's
+    kind (as given or prepared), the notes say that the check did not run."""
     from .restoration import RESTORATION_GRID, GuideMismatch, is_coarse, restore_scan
 
     networks = list(bundle.restoration.values())
@@ -150,7 +160,7 @@ def restored_if_coarse(
     how = f"guided by {called['guide']}" if guide_view in ready else "alone"
     try:
         restored = restore_scan(
-            bundle, ready[view], ready.get(guide_view), called, check_guide=check_guide, acquired_axes=axes[view]
+            bundle, ready[view], ready.get(guide_view), called, acquired_axes=axes[view], prepared=prepared
         )
     except GuideMismatch as mismatch:
         restored, out.guide_mismatch, how = mismatch.alone, str(mismatch), f"alone: {mismatch}"
@@ -160,10 +170,11 @@ def restored_if_coarse(
         f"{called['lowres']} ({acquired} mm voxels) is much coarser than the {grid_mm:g} mm restoration grid: "
         f"it was restored on it ({how}) before the analysis"
     )
-    if guide_view in ready and not check_guide:
+    check = restored.record.get("guide_check") if out.guide_mismatch is None else None
+    if isinstance(check, dict) and isinstance(check["threshold"], str):  # "not calibrated in this bundle"
         out.notes.append(
-            f"the guide check (whether {called['guide']} is the same person's) did not run: it is calibrated on "
-            "skull-stripped pairs as acquired, not on prepared raw scans"
+            f"the guide check (whether {called['guide']} is the same person's) did not run: this bundle's check is "
+            f"not calibrated for {check['acquisition']}"
         )
     return {**ready, view: (restored.image[0].numpy(), restored.image.affine.numpy())}
 

@@ -180,7 +180,7 @@ def save_restoration(folder: Path, networks: dict[str, RestorationNetwork], extr
 
 
 def save_guide_check(folder: Path, calibration: dict) -> None:
-    """Write the guide check's ``calibration`` (its ``thresholds`` by ACQUISITION_KINDS name and
+    """Write the guide check's ``calibration`` (its ``thresholds`` by GUIDE_CHECK_THRESHOLDS name and
     how they were found) into a bundle folder's restoration settings."""
     path = Path(folder) / RESTORATION_SETTINGS
     atomic_write_json(path, {**json.loads(path.read_text()), "guide_check": calibration})
@@ -210,14 +210,26 @@ def load_restoration(folder: Path, device="cpu") -> dict[str, RestorationNetwork
     return networks
 
 
+def threshold_name(kind: str, prepared: bool) -> str:
+    """The name of the guide check's threshold for an ACQUISITION_KINDS ``kind`` of pair as acquired
+    or ``prepared`` from raw scans: the preparation's resampling and the pair's residual
+    misregistration raise one person's figures, so prepared pairs have thresholds of their own."""
+    return f"{kind}, prepared from raw scans" if prepared else kind
+
+
+GUIDE_CHECK_THRESHOLDS = tuple(
+    threshold_name(kind, prepared) for prepared in (False, True) for kind in ACQUISITION_KINDS
+)
+
+
 def load_guide_check(folder: Path) -> dict[str, float]:
-    """The guide check's thresholds of a bundle folder, by ACQUISITION_KINDS name ({} when none)."""
+    """The guide check's thresholds of a bundle folder, by GUIDE_CHECK_THRESHOLDS name ({} when none)."""
     path = Path(folder) / RESTORATION_SETTINGS
     if not path.is_file():
         return {}
     try:
         thresholds = json.loads(path.read_text()).get("guide_check", {}).get("thresholds", {})
-        return {kind: float(thresholds[kind]) for kind in ACQUISITION_KINDS if kind in thresholds}
+        return {name: float(thresholds[name]) for name in GUIDE_CHECK_THRESHOLDS if name in thresholds}
     except (OSError, json.JSONDecodeError, AttributeError, TypeError, ValueError) as err:
         raise RestorationError(
             f"model bundle {folder}: the guide check in {RESTORATION_SETTINGS} refused ({err})"
@@ -283,18 +295,19 @@ def restore_scan(
     guide: tuple[np.ndarray, np.ndarray] | None = None,
     names: dict[str, str] | None = None,
     grid: PreprocessingConfig | None = None,
-    check_guide: bool = True,
     acquired_axes=None,
+    prepared: bool = False,
 ) -> Restored:
     """Restore the low-resolution view (array, RAS affine) on the 2 mm grid (``grid``) of the
     guide (array, affine) when given, else on its own, with the bundle's restoration networks;
     inputs skull-stripped, as the cohort's. The restored image keeps the view's intensity units
     (its mean and spread inside the brain), zero outside.
 
-    With a guide and ``check_guide``, the guide check runs first: the view is also restored alone,
+    With a guide, the guide check runs first: the view is also restored alone,
     and when the guide moves the restoration further from it than the bundle's threshold for its
     kind of acquisition allows (``guide_disagreement``), the guide is another person's, and
     GuideMismatch is raised (carrying the restoration alone). Its figure goes into the record.
+    ``prepared``: the pair was prepared from raw scans, and is held to the thresholds of prepared pairs.
 
     Raises RestorationError when no network fits or when the view is not coarser than the grid;
     ``names`` {"lowres", "guide"} word them. ``acquired_axes`` (3 x 3, mm): the view's voxel edges
@@ -342,9 +355,9 @@ def restore_scan(
     channels = guide_channels(bundle, target.as_tensor(), mask, grid.spacing_mm[0], guide_view)
     restored = restore(network, acquired, channels, mask)
     alone_network = bundle.restoration.get(GUIDES[False])
-    if check_guide and alone_network is not None:
+    if alone_network is not None:
         alone = restore(alone_network, acquired, None, mask)
-        kind = acquisition_kind(spacing)
+        kind = threshold_name(acquisition_kind(spacing), prepared)
         disagreement = guide_disagreement(restored, alone, acquired, mask, target.affine, axes)
         threshold = bundle.guide_check.get(kind)
         record["guide_check"] = {
@@ -360,6 +373,6 @@ def restore_scan(
                 "restoring with it would copy another anatomy",
                 finished(alone),
             )
-    elif check_guide:
+    else:
         record["guide_check"] = "not run: this bundle has no unguided restoration network to compare with"
     return finished(restored)

@@ -141,8 +141,10 @@ def restoration_words(restoration: dict) -> str:
             f"{figures['two people caught']:.0%}, one person's refused {figures['one person refused']:.0%}"
             for kind, figures in check["test"].items()
         )
-        subjects = check["test_subjects"]
-        lines += ["", f"Guide check (another person's guide refused), on {subjects} test subjects: {found}."]
+        subjects = f"{check['test_subjects']} test subjects"
+        if check.get("raw_test_subjects"):
+            subjects += f" and raw scans of {check['raw_test_subjects']} prepared as the analysis prepares them"
+        lines += ["", f"Guide check (another person's guide refused), on {subjects}: {found}."]
     lines += ["", "A restored view is an estimate from the acquired one and its guide: read findings from the scans."]
     return "\n".join(lines)
 

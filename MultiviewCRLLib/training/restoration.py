@@ -290,11 +290,49 @@ def guide_disagreements(pairs: list[Pair], bundle, seed: int = 0) -> dict[str, d
     return {kind: {who: np.asarray(v) for who, v in values.items()} for kind, values in found.items()}
 
 
+def prepared_guide_disagreements(raw_pairs: list[Pair], bundle) -> tuple[dict[str, dict[str, np.ndarray]], int]:
+    """``guide_disagreements`` of raw pairs (with skull, in any pose; ``raw_scans``) prepared as the
+    analysis prepares them: each pair's T2w with its own T1w and with the next pair's, as acquired.
+    Also how many of two people's pairs the preparation itself refused (they never reach the check)."""
+    from ..runtime.inference import prepared_with_axes
+    from ..runtime.preparation import AlignmentError, to_scanner_range
+    from ..runtime.restoration import restore_scan
+    from .discovery import read_volume
+
+    if len(raw_pairs) < 2:
+        raise ValueError(f"the guide check needs raw scans of two people at least, not {len(raw_pairs)}")
+    uncalibrated = copy.copy(bundle)
+    uncalibrated.guide_check = {}
+
+    def scan(path) -> tuple[np.ndarray, np.ndarray]:
+        array, affine = read_volume(path)
+        return to_scanner_range(np.asarray(array, dtype=np.float32), bundle.preprocessing.mask_threshold)[0], affine
+
+    found: dict[str, dict[str, list[float]]] = {}
+    refused = 0
+    for index, pair in enumerate(raw_pairs):
+        for who, t1 in (("one person", pair.t1), ("two people", raw_pairs[(index + 1) % len(raw_pairs)].t1)):
+            try:
+                prepared, axes = prepared_with_axes(bundle, {"T1w": scan(t1), "T2w": scan(pair.t2)}, None)
+            except AlignmentError:
+                if who == "one person":
+                    raise
+                refused += 1
+                continue
+            images = prepared.images
+            check = restore_scan(uncalibrated, images["T2w"], images["T1w"], acquired_axes=axes["T2w"], prepared=True)
+            record = check.record["guide_check"]
+            found.setdefault(record["acquisition"], {}).setdefault(who, []).append(record["disagreement"])
+    return {kind: {who: np.asarray(v) for who, v in values.items()} for kind, values in found.items()}, refused
+
+
 def guide_check_figures(found: dict, thresholds: dict[str, float]) -> dict:
-    """Per acquisition kind of ``guide_disagreements``: the spread of each and, at ``thresholds``,
-    the shares of one person's pairs refused and of two people's caught."""
+    """Per acquisition kind of ``guide_disagreements`` that has a threshold: the spread of each and,
+    at ``thresholds``, the shares of one person's pairs refused and of two people's caught."""
     figures = {}
     for kind, values in found.items():
+        if kind not in thresholds or {"one person", "two people"} - set(values):
+            continue
         same, different = values["one person"], values["two people"]
         figures[kind] = {
             "one person (min, median, max)": [round(float(v), 4) for v in np.quantile(same, [0, 0.5, 1])],
@@ -305,13 +343,21 @@ def guide_check_figures(found: dict, thresholds: dict[str, float]) -> dict:
     return figures
 
 
-def guide_check_calibration(pairs: list[Pair], bundle, seed: int = 0) -> dict:
+def guide_check_calibration(pairs: list[Pair], bundle, seed: int = 0, raw_pairs: list[Pair] = ()) -> dict:
     """The guide check's thresholds from ``pairs`` (validation subjects), per acquisition kind
     halfway between one person's 99th percentile of ``guide_disagreements`` and two people's 1st,
-    with ``guide_check_figures`` beside them."""
+    with ``guide_check_figures`` beside them; with ``raw_pairs`` (raw scans of validation
+    subjects), also the thresholds of prepared pairs (``prepared_guide_disagreements``)."""
     found = guide_disagreements(pairs, bundle, seed)
+    calibration = {"subjects": len(pairs)}
+    if raw_pairs:
+        prepared, refused = prepared_guide_disagreements(list(raw_pairs), bundle)
+        found.update(prepared)
+        calibration.update(raw_subjects=len(raw_pairs), two_people_refused_by_preparation=refused)
+    # A kind needs both: two people's pairs of a kind may all have been refused by the preparation.
     thresholds = {
         kind: round(float((np.quantile(v["one person"], 0.99) + np.quantile(v["two people"], 0.01)) / 2), 4)
         for kind, v in found.items()
+        if {"one person", "two people"} <= set(v)
     }
-    return {"subjects": len(pairs), "thresholds": thresholds, "validation": guide_check_figures(found, thresholds)}
+    return {**calibration, "thresholds": thresholds, "validation": guide_check_figures(found, thresholds)}

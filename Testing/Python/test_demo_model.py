@@ -111,6 +111,9 @@ def test_prepares_raw_scans_and_places_the_outputs_over_them(demo_bundle, cohort
     result = analyse_nodes(demo_bundle, *nodes, scene=scene)
     analysis = result["analysis"]
     assert any("skull and scalp removed" in note for note in analysis.notes)
+    # The raw T2w's 3 mm slices are restored with the T1w, whose guide check of prepared pairs passed.
+    assert any("it was restored on it (guided by the T1w" in note for note in analysis.notes), analysis.notes
+    assert not any("guide check" in note for note in analysis.notes)
     transform = result["transform"]
     assert transform is not None
     for node in result["volumes"].values():

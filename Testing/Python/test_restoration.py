@@ -228,6 +228,8 @@ def test_a_prepared_thick_slice_view_is_restored_as_acquired_not_as_resampled(co
     thick = ThickSlices(axis=2, thickness=3.5, spacing=4).acquire(*t2)
     analysis = analyse_pair(bundle, t1, thick, names={"T2w": "thick.nii.gz"}, prepare=True)
     assert any("'thick.nii.gz' (2.0 x 2.0 x 8.0 mm voxels)" in n and "restored" in n for n in analysis.notes)
+    # The bundle's check of prepared pairs is calibrated on raw scans' 3 mm slices, not on 8 mm slabs.
+    assert any("not calibrated for thick slices, prepared from raw scans" in n for n in analysis.notes)
 
 
 def test_the_generator_writes_each_t2w_acquired_at_low_resolution_beside_its_references(tmp_path):
