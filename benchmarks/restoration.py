@@ -49,10 +49,9 @@ from MultiviewCRLLib.training.evaluation import psnr_ssim
 from MultiviewCRLLib.training.model_card import write_model_card
 from MultiviewCRLLib.training.restoration import (
     RestorationTraining,
+    all_guide_disagreements,
     guide_check_calibration,
     guide_check_figures,
-    guide_disagreements,
-    prepared_guide_disagreements,
     restoration_cases,
     train_restoration,
 )
@@ -184,22 +183,19 @@ def plot(results: dict, examples: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def calibrate_guide_check(folder: Path, splits: dict, raw: dict[str, list] | None = None) -> None:
+def calibrate_guide_check(folder: Path, splits: dict, raw: dict[str, list]) -> None:
     """The guide check of the networks in bundle ``folder``, calibrated on validation subjects and
-    measured on test subjects; with ``raw`` ({"val", "test"}: raw pairs), for prepared pairs too."""
+    measured on test subjects, and for prepared pairs too on ``raw`` ({"val", "test"}: raw pairs,
+    or none); its model card is written again."""
     started = time.perf_counter()
     bundle = load_bundle(folder)
-    raw = raw or {"val": [], "test": []}
     calibration = guide_check_calibration(splits["val"][:GUIDE_CHECK_SUBJECTS], bundle, seed=3, raw_pairs=raw["val"])
-    test_pairs = splits["test"][:GUIDE_CHECK_SUBJECTS]
-    found = guide_disagreements(test_pairs, bundle, seed=4)
-    if raw["test"]:
-        prepared, refused = prepared_guide_disagreements(raw["test"], bundle)
-        found.update(prepared)
-        calibration.update(raw_test_subjects=len(raw["test"]), test_two_people_refused_by_preparation=refused)
-    calibration.update(test_subjects=len(test_pairs), test=guide_check_figures(found, calibration["thresholds"]))
+    found, counts = all_guide_disagreements(splits["test"][:GUIDE_CHECK_SUBJECTS], bundle, 4, raw["test"])
+    calibration.update({f"test_{name}": count for name, count in counts.items()})
+    calibration["test"] = guide_check_figures(found, calibration["thresholds"])
     save_guide_check(folder, calibration)
     print(f"guide check calibrated in {time.perf_counter() - started:.0f} s: {json.dumps(calibration, indent=1)}")
+    print(f"wrote its model card {write_model_card(folder)}")
 
 
 def main() -> None:
@@ -278,7 +274,7 @@ def main() -> None:
             },
         )
         calibrate_guide_check(args.save_into, splits, raw)
-        print(f"wrote the restoration networks into {args.save_into} and its card {write_model_card(args.save_into)}")
+        print(f"wrote the restoration networks into {args.save_into}")
 
 
 if __name__ == "__main__":

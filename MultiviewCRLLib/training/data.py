@@ -12,7 +12,6 @@ from monai.transforms import (
     Compose,
     CopyItemsd,
     DeleteItemsd,
-    NormalizeIntensityd,
     RandAdjustContrastd,
     RandAffined,
     RandBiasFieldd,
@@ -25,7 +24,7 @@ from monai.utils import convert_to_tensor
 from torch.utils.data import default_collate
 
 from ..config import VIEW_KEYS, PreprocessingConfig
-from ..runtime.preprocessing import ApplyMaskd, file_transforms, mask_key
+from ..runtime.preprocessing import file_transforms, mask_key, normalisation
 from ..runtime.storage import atomic_write_tsv
 from .degradation import RandIntensityCurved, RandKSpaceTruncationd, RandThickSlicesd
 from .discovery import Pair
@@ -137,13 +136,13 @@ def view_augmentation(randomise: float = 0.0, map_input: bool = False) -> Compos
             RandAdjustContrastd(key, gamma=(0.7, 1.5), prob=0.5),
             RandGaussianNoised(key, std=0.02, prob=0.5),
         ]
-    transforms += [ApplyMaskd(VIEW_KEYS), NormalizeIntensityd(VIEW_KEYS, nonzero=True)]
+    transforms += normalisation(VIEW_KEYS)
     if randomise and map_input:
         copied = [*VIEW_KEYS, *(mask_key(k) for k in VIEW_KEYS)]
         transforms.append(CopyItemsd(copied, names=[*MAP_INPUT_KEYS, *(mask_key(k) for k in MAP_INPUT_KEYS)]))
         for key in MAP_INPUT_KEYS:
             transforms += randomised_contrast(key, randomise, monotone=True)
-        transforms += [ApplyMaskd(MAP_INPUT_KEYS), NormalizeIntensityd(MAP_INPUT_KEYS, nonzero=True)]
+        transforms += normalisation(MAP_INPUT_KEYS)
         transforms.append(DeleteItemsd([mask_key(k) for k in MAP_INPUT_KEYS]))  # the views' masks are theirs
     return Compose(transforms)
 

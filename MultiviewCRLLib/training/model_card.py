@@ -142,8 +142,8 @@ def restoration_words(restoration: dict) -> str:
             for kind, figures in check["test"].items()
         )
         subjects = f"{check['test_subjects']} test subjects"
-        if check.get("raw_test_subjects"):
-            subjects += f" and raw scans of {check['raw_test_subjects']} prepared as the analysis prepares them"
+        if check.get("test_raw_subjects"):
+            subjects += f" and raw scans of {check['test_raw_subjects']} prepared as the analysis prepares them"
         lines += ["", f"Guide check (another person's guide refused), on {subjects}: {found}."]
     lines += ["", "A restored view is an estimate from the acquired one and its guide: read findings from the scans."]
     return "\n".join(lines)

@@ -326,6 +326,18 @@ def prepared_guide_disagreements(raw_pairs: list[Pair], bundle) -> tuple[dict[st
     return {kind: {who: np.asarray(v) for who, v in values.items()} for kind, values in found.items()}, refused
 
 
+def all_guide_disagreements(pairs: list[Pair], bundle, seed: int, raw_pairs: list[Pair] = ()) -> tuple[dict, dict]:
+    """``guide_disagreements`` of ``pairs`` with, when given, ``prepared_guide_disagreements`` of
+    ``raw_pairs``, and how many subjects each counted (and pairs the preparation refused)."""
+    found = guide_disagreements(pairs, bundle, seed)
+    counts = {"subjects": len(pairs)}
+    if raw_pairs:
+        prepared, refused = prepared_guide_disagreements(list(raw_pairs), bundle)
+        found.update(prepared)
+        counts.update(raw_subjects=len(raw_pairs), two_people_refused_by_preparation=refused)
+    return found, counts
+
+
 def guide_check_figures(found: dict, thresholds: dict[str, float]) -> dict:
     """Per acquisition kind of ``guide_disagreements`` that has a threshold: the spread of each and,
     at ``thresholds``, the shares of one person's pairs refused and of two people's caught."""
@@ -348,12 +360,7 @@ def guide_check_calibration(pairs: list[Pair], bundle, seed: int = 0, raw_pairs:
     halfway between one person's 99th percentile of ``guide_disagreements`` and two people's 1st,
     with ``guide_check_figures`` beside them; with ``raw_pairs`` (raw scans of validation
     subjects), also the thresholds of prepared pairs (``prepared_guide_disagreements``)."""
-    found = guide_disagreements(pairs, bundle, seed)
-    calibration = {"subjects": len(pairs)}
-    if raw_pairs:
-        prepared, refused = prepared_guide_disagreements(list(raw_pairs), bundle)
-        found.update(prepared)
-        calibration.update(raw_subjects=len(raw_pairs), two_people_refused_by_preparation=refused)
+    found, calibration = all_guide_disagreements(pairs, bundle, seed, raw_pairs)
     # A kind needs both: two people's pairs of a kind may all have been refused by the preparation.
     thresholds = {
         kind: round(float((np.quantile(v["one person"], 0.99) + np.quantile(v["two people"], 0.01)) / 2), 4)
