@@ -1,7 +1,8 @@
 """Render what the Slicer module shows for one T1w/T2w pair into a PNG, from the output nodes.
 
 The pair is read into real MRML nodes by Slicer's storage node (``slicer-core``), analysed with a
-model bundle exactly as the module's Apply does (``analyse_nodes``), and every panel is drawn from
+model bundle as the module's Apply does with "Prepare raw scans" off (``analyse_nodes``; the
+cohort's scans are skull-stripped and on the template's grid already), and every panel is drawn from
 the resulting volume and table nodes: inputs; reconstructions and cross-view images; error maps;
 the content maps (spatial family) and the content dimensions of both views. Axial slices through the
 input T1w's brain centre, in RAS millimetres, radiological convention (patient right on the left) as
