@@ -332,9 +332,10 @@ class MultiviewCRLLogic(ScriptedLoadableModuleLogic):
     def restorationSummary(result: dict) -> str:
         record = result["record"]
         guide = "guided by the T1w" if record["network"] == "guided" else "alone"
+        note = f" Note: {result['uncovered']}." if result.get("uncovered") else ""
         return (
             f"Added '{result['restored'].GetName()}': the T2w restored on a {record['grid_spacing_mm'][0]:g} mm grid "
-            f"({guide}; {record['seconds']:.1f} s)."
+            f"({guide}; {record['seconds']:.1f} s).{note}"
         )
 
     @staticmethod

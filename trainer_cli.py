@@ -343,7 +343,7 @@ def restore_command(args: argparse.Namespace) -> str:
 
     from MultiviewCRLLib.runtime.bundle import load_bundle
     from MultiviewCRLLib.runtime.device import select_device
-    from MultiviewCRLLib.runtime.restoration import restore_scan
+    from MultiviewCRLLib.runtime.restoration import restore_scan, uncovered_words
     from MultiviewCRLLib.runtime.storage import atomic_write_json, nifti_image, staged_folder
     from MultiviewCRLLib.training.discovery import read_volume
 
@@ -358,7 +358,9 @@ def restore_command(args: argparse.Namespace) -> str:
     with staged_folder(args.out) as staging:
         nib.save(nifti_image(restored.image[0].numpy(), restored.image.affine.numpy()), staging / "restored.nii.gz")
         atomic_write_json(staging / "restoration.json", record)
-    return f"restored {args.lowres} ({record['network']}) in {record['seconds']:.1f} s; wrote {args.out}"
+    uncovered = uncovered_words(restored.record, names)
+    said = f"; {uncovered}" if uncovered else ""
+    return f"restored {args.lowres} ({record['network']}) in {record['seconds']:.1f} s; wrote {args.out}{said}"
 
 
 def main(argv: list[str] | None = None) -> int:

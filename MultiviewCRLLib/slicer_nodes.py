@@ -327,9 +327,10 @@ def restore_nodes(
     one is given, and add the restored volume as a new node over the inputs. Inputs are
     skull-stripped, as the model's cohort; a failure or a cancel adds nothing.
 
-    Returns {"restored": the new volume node, "record": what was done}.
+    Returns {"restored": the new volume node, "record": what was done, "uncovered": the words for
+    the share of the T1w's brain the T2w has no data in, or None}.
     """
-    from .runtime.restoration import restore_scan
+    from .runtime.restoration import restore_scan, uncovered_words
 
     if t2_node is None:
         raise NodeError("select the low-resolution or thick-slice volume as the T2w")
@@ -347,4 +348,4 @@ def restore_nodes(
     node = volume_node_from_array(
         restored.image[0].numpy(), restored.image.affine.numpy(), f"{t2_node.GetName()} restored", scene
     )
-    return {"restored": node, "record": restored.record}
+    return {"restored": node, "record": restored.record, "uncovered": uncovered_words(restored.record, names)}

@@ -6,9 +6,11 @@
 
 Every training and test subject's T2w is acquired twice at low resolution from its noisy image
 (k-space truncated by 2 per axis; 6 mm slabs along a random axis with gaps), resampled onto its
-T1w's 2 mm grid and restored there. Six networks are trained on the same subjects: guided by the
-T1w (its image and the bundle's content map) and alone, with and without the contrastive loss,
-alone also with 10 % of the high-resolution volumes. On the test subjects, against the noise-free
+T1w's 2 mm grid and restored there; half of the training acquisitions also miss up to 30 % of
+the grid at one end (a slab's field of view), which the guided network learns to fill from the
+guide. Six networks are trained on the same subjects: guided by the T1w (its image and the
+bundle's content map) and alone, with and without the contrastive loss, alone also with 10 % of
+the high-resolution volumes. On the test subjects, against the noise-free
 high-resolution references inside the brain, it writes ``restoration.md`` (the table),
 ``restoration.json``, ``restoration.png`` (PSNR per method) and ``restoration_examples.png``
 (three subjects: low resolution, B-spline, cross-view, restored, reference) under ``--out``.
@@ -48,6 +50,7 @@ from MultiviewCRLLib.training.discovery import discover
 from MultiviewCRLLib.training.evaluation import psnr_ssim
 from MultiviewCRLLib.training.model_card import write_model_card
 from MultiviewCRLLib.training.restoration import (
+    FIELD_OF_VIEW_CUT_SHARE,
     RestorationTraining,
     all_guide_disagreements,
     guide_check_calibration,
@@ -236,7 +239,9 @@ def main() -> None:
         return
     started = time.perf_counter()
     template = RestorationConfig(map_channels=bundle.model.map_channels)
-    train = restoration_cases(splits["train"][: args.train_subjects], bundle, template, seed=1)
+    train = restoration_cases(
+        splits["train"][: args.train_subjects], bundle, template, seed=1, cut_share=FIELD_OF_VIEW_CUT_SHARE
+    )
     test_pairs = splits["test"][: args.test_subjects]
     test = restoration_cases(test_pairs, bundle, template, seed=2)
     print(f"{len(train)} training and {len(test)} test cases in {time.perf_counter() - started:.0f} s")

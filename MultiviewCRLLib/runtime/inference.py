@@ -147,7 +147,7 @@ def restored_if_coarse(
     the warning for the input check. ``prepared``: the pair was prepared from raw scans and is held
     to the check's thresholds for prepared pairs. Where the bundle has no threshold for the pair's
     kind (as given or prepared), the notes say that the check did not run."""
-    from .restoration import RESTORATION_GRID, GuideMismatch, is_coarse, restore_scan
+    from .restoration import RESTORATION_GRID, GuideMismatch, is_coarse, restore_scan, uncovered_words
 
     networks = list(bundle.restoration.values())
     view = networks[0].config.view if networks else None
@@ -170,6 +170,9 @@ def restored_if_coarse(
         f"{called['lowres']} ({acquired} mm voxels) is much coarser than the {grid_mm:g} mm restoration grid: "
         f"it was restored on it ({how}) before the analysis"
     )
+    uncovered = uncovered_words(restored.record, called, guided=how.startswith("guided"))
+    if uncovered:
+        out.notes.append(uncovered)
     check = restored.record.get("guide_check") if out.guide_mismatch is None else None
     if isinstance(check, dict) and isinstance(check["threshold"], str):  # "not calibrated in this bundle"
         out.notes.append(

@@ -45,6 +45,10 @@ RESTORATION_GRID = PreprocessingConfig()
 SLAB_ANISOTROPY = 1.5
 THICK_SLICES_MM = 4.5
 ACQUISITION_KINDS = (f"slices under {THICK_SLICES_MM:g} mm", "thick slices", "coarse voxels")
+# The share of the guide's brain a view may have no data in before the notes say so, and the share
+# it must have data in: the rest of a restoration is drawn from the guide alone.
+UNCOVERED_NOTED = 0.01
+MIN_COVERED_SHARE = 0.5
 # The guide check leaves out the brain's outer rim, where the guide's mask ends both restorations.
 GUIDE_CHECK_EDGE_MM = 6.0
 # A voxel's footprint as a Gaussian: its full width at half maximum is the voxel's size.
@@ -133,11 +137,17 @@ def onto_grid(array: np.ndarray, affine: np.ndarray, grid: MetaTensor, interpola
     return torch.from_numpy(np.ascontiguousarray(from_sitk(moved)[0]))[None].float()
 
 
-def standardised(volume: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """z-scored over the voxels inside ``mask`` (the preprocessing's normalisation), zero outside."""
-    inside = mask > 0.5
-    values = volume[inside]
-    return (volume - values.mean()) / values.std().clamp_min(1e-6) * inside
+def standardised(volume: torch.Tensor, mask: torch.Tensor, measured: torch.Tensor | None = None) -> torch.Tensor:
+    """z-scored by the mean and spread of the voxels inside ``measured`` (default ``mask``; the
+    preprocessing's normalisation), zero outside ``mask``."""
+    values = volume[(mask if measured is None else measured) > 0.5]
+    return (volume - values.mean()) / values.std().clamp_min(1e-6) * (mask > 0.5)
+
+
+def with_data(interpolated: torch.Tensor) -> torch.Tensor:
+    """(1, X, Y, Z) a view resampled onto a grid, exactly zero where the grid lies outside its field
+    of view (``onto_grid``) or outside its own brain mask -> (1, X, Y, Z): 1 where it has data, else 0."""
+    return (interpolated != 0).float()
 
 
 def network_input(lowres: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
@@ -208,6 +218,20 @@ def load_restoration(folder: Path, device="cpu") -> dict[str, RestorationNetwork
             f"({type(err).__name__}: {err})"
         ) from err
     return networks
+
+
+def uncovered_words(record: dict, names: dict[str, str], guided: bool = True) -> str | None:
+    """What a restoration's ``record`` says of the share of the guide's brain the view had no data
+    in, worded with ``names`` {"lowres", "guide"}; None below ``UNCOVERED_NOTED`` or unmeasured.
+    ``guided``: whether the guide drew that part (not when the guide check refused it)."""
+    share = record.get("uncovered_share")
+    if share is None or share < UNCOVERED_NOTED:
+        return None
+    there = f"drawn from the anatomy of {names['guide']}" if guided else "guessed by the restoration alone"
+    return (
+        f"{names['lowres']} has no data in {share:.0%} of the brain of {names['guide']} (its field of view ends "
+        f"inside it, or its brain was cut tighter); there the restoration is {there}"
+    )
 
 
 def threshold_name(kind: str, prepared: bool) -> str:
@@ -301,15 +325,18 @@ def restore_scan(
     """Restore the low-resolution view (array, RAS affine) on the 2 mm grid (``grid``) of the
     guide (array, affine) when given, else on its own, with the bundle's restoration networks;
     inputs skull-stripped, as the cohort's. The restored image keeps the view's intensity units
-    (its mean and spread inside the brain), zero outside.
+    (its mean and spread inside the brain, where it has data), zero outside.
 
     With a guide, the guide check runs first: the view is also restored alone,
     and when the guide moves the restoration further from it than the bundle's threshold for its
     kind of acquisition allows (``guide_disagreement``), the guide is another person's, and
     GuideMismatch is raised (carrying the restoration alone). Its figure goes into the record.
     ``prepared``: the pair was prepared from raw scans, and is held to the thresholds of prepared pairs.
+    Guided, the record gives the share of the guide's brain that the view has no data in
+    (``uncovered_share``; ``uncovered_words``): the restoration draws that part from the guide.
 
-    Raises RestorationError when no network fits or when the view is not coarser than the grid;
+    Raises RestorationError when no network fits, when the view is not coarser than the grid, or
+    when it has data in less than ``MIN_COVERED_SHARE`` of the guide's brain;
     ``names`` {"lowres", "guide"} word them. ``acquired_axes`` (3 x 3, mm): the view's voxel edges
     as acquired, in the world of ``lowres``, when ``lowres`` was resampled since (the scan
     preparation); by default its affine's.
@@ -331,21 +358,33 @@ def restore_scan(
     if not (mask > 0.5).any():
         raise RestorationError(f"{names['guide' if guide is not None else 'lowres']}: its brain mask is empty")
     interpolated = onto_grid(*lowres, target, "linear")
-    inside = interpolated[mask > 0.5]
-    acquired = standardised(interpolated, mask)
+    covered = with_data(interpolated) * mask
+    covered_share = float(covered.sum() / (mask > 0.5).sum())
+    if covered_share < MIN_COVERED_SHARE:
+        raise RestorationError(
+            f"{names['lowres']}: it has data in only {covered_share:.0%} of the brain of {names['guide']}; a "
+            f"restoration needs {MIN_COVERED_SHARE:.0%} at least, and would draw the rest from the guide alone"
+        )
+    data = interpolated[covered > 0.5]
+    # Units from where the view has data; where it has none it stays apart from any tissue.
+    acquired = standardised(interpolated, mask, covered)
     # Kept above the view's own darkest brain voxels, so that a brain mask by threshold still holds it.
-    floor = torch.quantile(inside, 0.01)
+    floor = torch.quantile(data, 0.01)
     record = {
         "view": view,
         "network": network.config.name,
         "lowres_spacing_mm": [round(float(s), 3) for s in spacing],
         "grid_spacing_mm": list(grid.spacing_mm),
         "grid_shape": list(grid.spatial_size),
-        "intensities": "the low-resolution view's units (its mean and spread inside the brain), zero outside",
+        "intensities": (
+            "the low-resolution view's units (its mean and spread inside the brain, where it has data), zero outside"
+        ),
+        # Without a guide the brain mask is the view's own, so the share is not measured.
+        "uncovered_share": None if guide is None else round(1.0 - covered_share, 4),
     }
 
     def finished(restored: torch.Tensor) -> Restored:
-        image = (restored * inside.std() + inside.mean()).clamp_min(floor) * (mask > 0.5)
+        image = (restored * data.std() + data.mean()).clamp_min(floor) * (mask > 0.5)
         seconds = round(time.perf_counter() - start, 2)
         return Restored(MetaTensor(image, affine=target.affine.clone()), {**record, "seconds": seconds})
 
@@ -358,7 +397,8 @@ def restore_scan(
     if alone_network is not None:
         alone = restore(alone_network, acquired, None, mask)
         kind = threshold_name(acquisition_kind(spacing), prepared)
-        disagreement = guide_disagreement(restored, alone, acquired, mask, target.affine, axes)
+        # Only where the view has data: elsewhere the guide alone draws the restoration.
+        disagreement = guide_disagreement(restored, alone, acquired, covered, target.affine, axes)
         threshold = bundle.guide_check.get(kind)
         record["guide_check"] = {
             "acquisition": kind,

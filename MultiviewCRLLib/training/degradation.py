@@ -133,6 +133,42 @@ def thick_slice_acquisition(
     return ThickSlices(int(rng.integers(3)), thickness, spacing, rng.uniform(0, spacing))
 
 
+BRAIN_OF_MAXIMUM = 0.05
+
+
+def field_of_view_cut(
+    acquisition: tuple[np.ndarray, np.ndarray], axis: int, lost: int, at_start: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """An acquisition (array [i, j, k], RAS affine) whose field of view ends ``lost`` slices early
+    along ``axis``, at its start or its end, as clinical slabs often miss the skull base or the
+    vertex: the array loses those slices (one is always kept) and the affine moves with it, so the
+    acquisition ends where a real field of view ends, not in a ramp to zero."""
+    array, affine = acquisition
+    n = array.shape[axis]
+    lost = min(lost, n - 1)
+    kept = np.take(array, np.arange(lost, n) if at_start else np.arange(n - lost), axis=axis)
+    shift = np.eye(4)
+    shift[axis, 3] = lost if at_start else 0
+    return np.ascontiguousarray(kept, dtype=np.float32), np.asarray(affine, dtype=float) @ shift
+
+
+def random_field_of_view_cut(
+    acquisition: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, max_share: float, axis: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``field_of_view_cut`` at a random end of ``axis`` (a thick-slice acquisition's slice axis; by
+    default a random one) that misses up to ``max_share`` of the extent the skull-stripped
+    acquisition's brain spans along it (its voxels above ``BRAIN_OF_MAXIMUM`` of its maximum,
+    k-space ringing aside), besides the slices beyond the brain."""
+    axis = int(rng.integers(3)) if axis is None else axis
+    array = acquisition[0]
+    brain = np.moveaxis(array > BRAIN_OF_MAXIMUM * array.max(), axis, 0)
+    filled = np.flatnonzero(brain.reshape(array.shape[axis], -1).any(axis=1))
+    at_start = bool(rng.random() < 0.5)
+    empty = filled[0] if at_start else array.shape[axis] - 1 - filled[-1]
+    lost = int(empty + round(rng.uniform(0, max_share) * (filled[-1] - filled[0] + 1)))
+    return field_of_view_cut(acquisition, axis, lost, at_start)
+
+
 # The cohort's low-resolution views: name -> (BIDS ``acq-`` label, the acquisition drawn from a
 # random generator and the cohort's voxel size).
 LOWRES_ACQUISITIONS = {

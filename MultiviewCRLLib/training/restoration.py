@@ -42,10 +42,15 @@ from ..runtime.restoration import (
     guide_channels,
     onto_grid,
     standardised,
+    with_data,
 )
-from .degradation import LOWRES_ACQUISITIONS, thick_slice_acquisition
+from .degradation import LOWRES_ACQUISITIONS, ThickSlices, random_field_of_view_cut, thick_slice_acquisition
 from .discovery import Pair
 from .synthetic import noise_free_reference
+
+# Training slabs that miss up to this share of the grid at one end: a clinical slab placed over
+# the cerebrum often misses the skull base, as the raw scans' T2w does (3-15 % of the brain).
+FIELD_OF_VIEW_CUT_SHARE = 0.3
 
 
 @dataclass
@@ -53,8 +58,10 @@ class RestorationCase:
     """One subject's view acquired by one degradation, on the guide's preprocessed grid; tensors
     (1, X, Y, Z) unless said: ``lowres`` (linear interpolation) and ``bspline`` of the acquisition,
     ``reference`` the noise-free high-resolution view, ``guide`` (1 + K, X, Y, Z) the guide
-    channels, ``mask`` the brain, ``grid`` the guide's preprocessed image (its affine says where
-    the grid is); ``acquisition`` the acquired array and its affine."""
+    channels, ``mask`` the brain, ``covered`` the brain where the acquisition has data (``with_data``),
+    ``grid`` the guide's preprocessed image (its affine says where the grid is); ``acquisition`` the
+    acquired array and its affine. The views and the reference are z-scored over ``covered``, as
+    ``restore_scan`` does."""
 
     subject: str
     degradation: str
@@ -63,14 +70,23 @@ class RestorationCase:
     reference: torch.Tensor
     guide: torch.Tensor
     mask: torch.Tensor
+    covered: torch.Tensor
     grid: MetaTensor
     acquisition: tuple[np.ndarray, np.ndarray]
 
 
 def restoration_cases(
-    pairs: list[Pair], bundle, config: RestorationConfig, seed: int = 0, grid: PreprocessingConfig | None = None
+    pairs: list[Pair],
+    bundle,
+    config: RestorationConfig,
+    seed: int = 0,
+    grid: PreprocessingConfig | None = None,
+    cut_share: float = 0.0,
 ) -> list[RestorationCase]:
-    """Every degradation of each pair's ``config.view``, guided by its other view (``bundle``'s map)."""
+    """Every degradation of each pair's ``config.view``, guided by its other view (``bundle``'s map).
+    ``cut_share`` > 0 (training cases): half of the acquisitions, drawn at random, miss up to that
+    share of their extent at one end (``random_field_of_view_cut``), so that a guided network
+    learns to fill what a slab did not cover from the guide instead of keeping it dark."""
     from ..config import VIEW_NAMES, VIEWS
 
     grid = grid or RESTORATION_GRID
@@ -87,15 +103,19 @@ def restoration_cases(
         image = nib.load(restored_path)
         volume, affine = np.asarray(image.dataobj, dtype=np.float32), image.affine
         for name, (_, degradation) in LOWRES_ACQUISITIONS.items():
-            acquisition = degradation(rng, float(image.header.get_zooms()[0])).acquire(volume, affine)
-            lowres, bspline = (
-                standardised(onto_grid(*acquisition, guide_image, interpolator), mask)
-                for interpolator in ("linear", "B-spline")
+            acquire = degradation(rng, float(image.header.get_zooms()[0]))
+            acquisition = acquire.acquire(volume, affine)
+            if cut_share > 0 and rng.random() < 0.5:
+                axis = acquire.axis if isinstance(acquire, ThickSlices) else None  # slabs end across their slices
+                acquisition = random_field_of_view_cut(acquisition, rng, cut_share, axis)
+            linear = onto_grid(*acquisition, guide_image, "linear")
+            covered = with_data(linear) * mask
+            lowres, bspline, target = (
+                standardised(volume, mask, covered)
+                for volume in (linear, onto_grid(*acquisition, guide_image, "B-spline"), reference.as_tensor())
             )
             cases.append(
-                RestorationCase(
-                    pair.key, name, lowres, bspline, reference.as_tensor() * mask, guide, mask, guide_image, acquisition
-                )
+                RestorationCase(pair.key, name, lowres, bspline, target, guide, mask, covered, guide_image, acquisition)
             )
     return cases
 
@@ -206,7 +226,9 @@ def train_restoration(
         patches = [sampler.patch(i) for i in picked]
         x = torch.stack([_channels(cases[i], config, sampler, p) for i, p in zip(picked, patches)])
         target = torch.stack([sampler.crop(cases[i].reference, p) for i, p in zip(picked, patches)]).to(device)
-        inside = torch.stack([sampler.crop(cases[i].mask, p) for i, p in zip(picked, patches)]).to(device)
+        # Alone, a network has nothing to restore a view's missing part from: it is scored where the view has data.
+        scored = [cases[i].mask if config.guided else cases[i].covered for i in picked]
+        inside = torch.stack([sampler.crop(region, p) for region, p in zip(scored, patches)]).to(device)
         supervised = torch.tensor([cases[i].subject in with_hr for i in picked], device=device)
         with policy.autocast():
             restored = network(policy.place(x)).float() * inside

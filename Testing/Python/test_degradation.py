@@ -13,6 +13,8 @@ from MultiviewCRLLib.training.degradation import (
     RandIntensityCurved,
     RandThickSlicesd,
     ThickSlices,
+    field_of_view_cut,
+    random_field_of_view_cut,
 )
 from MultiviewCRLLib.training.discovery import discover_bids
 
@@ -45,6 +47,33 @@ def test_thick_slices_average_slabs_along_one_axis_only():
     # The other axes are untouched: a pattern across them survives.
     across = torch.rand(1, 6, 5, 1).expand(1, 6, 5, 30).clone()
     torch.testing.assert_close(ThickSlices(axis=2, thickness=4, spacing=6, offset=1)(across), across)
+
+
+def test_a_field_of_view_cut_drops_slices_at_one_end_and_keeps_the_rest_in_place():
+    volume = np.random.default_rng(0).uniform(1, 2, (10, 12, 20)).astype(np.float32)
+    affine = np.diag([2.0, 2.0, 6.0, 1.0])
+    affine[:3, 3] = [-10.0, -12.0, -60.0]
+    end, end_affine = field_of_view_cut((volume, affine), axis=2, lost=5, at_start=False)
+    np.testing.assert_array_equal(end, volume[..., :15])
+    np.testing.assert_array_equal(end_affine, affine)
+    start, start_affine = field_of_view_cut((volume, affine), axis=0, lost=3, at_start=True)
+    np.testing.assert_array_equal(start, volume[3:])
+    # Each kept voxel stays where it was in the world: voxel 0 of the cut is voxel 3 of the whole.
+    np.testing.assert_allclose(start_affine @ [0, 5, 7, 1], affine @ [3, 5, 7, 1])
+    assert field_of_view_cut((volume, affine), axis=1, lost=50, at_start=True)[0].shape == (10, 1, 20)
+
+
+def test_a_random_field_of_view_cut_misses_up_to_its_share_of_the_brain_at_one_end():
+    brain = np.zeros((10, 30, 12), dtype=np.float32)
+    brain[:, 5:25] = 1.0  # the brain spans 20 of the 30 slices along axis 1
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        drawn, drawn_affine = random_field_of_view_cut((brain, np.eye(4)), rng, max_share=0.4, axis=1)
+        first = int(round(drawn_affine[1, 3]))  # the whole's slice that the cut's slice 0 is
+        np.testing.assert_array_equal(drawn, brain[:, first : first + drawn.shape[1]])
+        kept_brain = int(drawn.any(axis=(0, 2)).sum())
+        assert 20 - round(0.4 * 20) <= kept_brain <= 20  # up to 40 % of the brain's extent is lost
+        assert first >= 5 or first + drawn.shape[1] <= 25  # at one end: its empty slices go first
 
 
 def test_intensity_curve_maps_brain_voxels_only_and_may_invert_the_contrast():

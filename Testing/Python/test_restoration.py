@@ -17,15 +17,22 @@ from MultiviewCRLLib.runtime.inference import analyse_pair
 from MultiviewCRLLib.runtime.preprocessing import preprocess_file
 from MultiviewCRLLib.runtime.restoration import (
     RestorationConfig,
+    RestorationError,
     RestorationNetwork,
     load_restoration,
     onto_grid,
     restore,
+    restore_scan,
     save_restoration,
 )
 from MultiviewCRLLib.runtime.storage import nifti_image
 from MultiviewCRLLib.training.data import assign_splits
-from MultiviewCRLLib.training.degradation import LOWRES_ACQUISITIONS, KSpaceTruncation, ThickSlices
+from MultiviewCRLLib.training.degradation import (
+    LOWRES_ACQUISITIONS,
+    KSpaceTruncation,
+    ThickSlices,
+    field_of_view_cut,
+)
 from MultiviewCRLLib.training.discovery import discover, read_volume
 from MultiviewCRLLib.training.evaluation import psnr_ssim
 from MultiviewCRLLib.training.restoration import (
@@ -102,6 +109,23 @@ def test_restoration_training_lowers_the_loss_and_its_networks_round_trip(cohort
     np.testing.assert_allclose(
         restore(loaded, case.lowres, case.guide, case.mask), restore(network, case.lowres, case.guide, case.mask)
     )
+
+
+def test_training_cases_with_cut_slabs_are_z_scored_where_they_have_data(cohort64):
+    report = discover(cohort64)
+    pairs = split_pairs(report, assign_splits(report.kept, 0))["train"][:4]
+    bundle = load_bundle(DEMO)
+    config = RestorationConfig(map_channels=bundle.model.map_channels)
+    cases = restoration_cases(pairs, bundle, config, seed=0, cut_share=0.3)
+    shares = [float(c.covered.sum() / (c.mask > 0.5).sum()) for c in cases]
+    assert min(shares) < 0.95 and max(shares) == 1.0, shares  # some acquisitions miss part of the brain
+    for case, share in zip(cases, shares):
+        covered, missed = case.covered > 0.5, (case.mask > 0.5) & (case.covered < 0.5)
+        for volume in (case.lowres, case.reference):  # input and target in one set of units, as restore_scan's
+            assert abs(float(volume[covered].mean())) < 1e-4 and abs(float(volume[covered].std()) - 1) < 1e-3
+        if share < 1.0:  # where the slab has no data, the input lies below any tissue; the target is anatomy
+            assert float(case.lowres[missed].max()) < float(case.lowres[covered].quantile(0.01))
+            assert float(case.reference[missed].std()) > 0.3
 
 
 def test_training_patches_are_mirrored_alike_in_every_channel(cohort_cases):
@@ -218,6 +242,41 @@ def test_the_analysis_restores_a_view_much_coarser_than_the_restoration_grid_and
     # Restored, the thick-slice pair's content agrees with the clean pair's more closely.
     gap, unrestored_gap = (abs(a.content_cosine - clean.content_cosine) for a in (analysis, unrestored))
     assert gap < unrestored_gap, (clean.content_cosine, analysis.content_cosine, unrestored.content_cosine)
+
+
+def test_a_slab_that_misses_part_of_the_brain_is_filled_from_the_guide_and_said(cohort64, tmp_path, capsys):
+    bundle = load_bundle(DEMO)
+    t1_path = volume_path(cohort64, "sub-0005", "T1w")
+    t1, t2 = read_volume(t1_path), read_volume(volume_path(cohort64, "sub-0005", "T2w"))
+    slabs = ThickSlices(axis=2, thickness=1.5).acquire(*t2)  # 3 mm slices, as clinical T2w
+    brain = np.flatnonzero((slabs[0] > 0.05 * slabs[0].max()).any(axis=(0, 1)))  # its slices through the brain
+    lost = int(brain[0] + 0.3 * (brain[-1] - brain[0]))
+    cut = field_of_view_cut(slabs, axis=2, lost=lost, at_start=True)  # the slab misses the skull base
+    guided, whole = restore_scan(bundle, cut, t1), restore_scan(bundle, slabs, t1)
+    share = guided.record["uncovered_share"]
+    assert 0.05 < share < 0.3 and whole.record["uncovered_share"] == 0.0
+    # The same person's guide passes the check, which reads only where the slab has data.
+    assert guided.record["guide_check"]["disagreement"] < guided.record["guide_check"]["threshold"]
+    grid = preprocess_file(t1_path, PreprocessingConfig())[0]
+    missed = (onto_grid(*cut, grid)[0] == 0) & (whole.image[0] > 0)
+    # Where the slab ends, the guided restoration draws the anatomy that the whole slab shows: closer
+    # to it than the best uniform fill, and following it voxel by voxel.
+    truth, filled = whole.image[0][missed], guided.image[0][missed]
+    assert (filled - truth).abs().mean() < 0.8 * (truth - truth.median()).abs().mean()
+    assert np.corrcoef(filled.numpy(), truth.numpy())[0, 1] > 0.6, np.corrcoef(filled.numpy(), truth.numpy())
+    names = {"T1w": "t1.nii.gz", "T2w": "cut.nii.gz"}
+    notes = analyse_pair(bundle, t1, cut, names=names, prepare=False).notes
+    said = f"the T2w 'cut.nii.gz' has no data in {share:.0%} of the brain of the T1w 't1.nii.gz' (its field of view"
+    assert any(n.startswith(said) and n.endswith("drawn from the anatomy of the T1w 't1.nii.gz'") for n in notes)
+    lowres = tmp_path / "cut.nii.gz"
+    nib.save(nifti_image(*cut), lowres)
+    args = ["restore", "--lowres", str(lowres), "--guide", str(t1_path), "--bundle", str(DEMO)]
+    assert trainer_cli.main([*args, "--out", str(tmp_path / "restored")]) == 0
+    assert f"has no data in {share:.0%} of the brain of the guide {t1_path}" in capsys.readouterr().out
+    elsewhere = cut[1].copy()
+    elsewhere[0, 3] += 300.0  # the slab 30 cm to the side of the guide's brain
+    with pytest.raises(RestorationError, match="off.nii.gz: it has data in only 0% of the brain of the guide"):
+        restore_scan(bundle, (cut[0], elsewhere), t1, {"lowres": "off.nii.gz", "guide": "the guide t1.nii.gz"})
 
 
 def test_a_prepared_thick_slice_view_is_restored_as_acquired_not_as_resampled(cohort64):
