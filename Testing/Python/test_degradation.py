@@ -1,12 +1,16 @@
-"""The degradations of clinical scans (k-space truncation, thick slices, random intensity curves)
-and the contrast-randomised training data built from them."""
+"""The degradations of clinical scans (k-space truncation, thick slices, cut fields of view, random
+intensity curves) and the training data built from them: contrast-randomised views, restoration cases."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from MultiviewCRLLib.config import PRESETS
-from MultiviewCRLLib.training.data import MAP_INPUT_KEYS, paired_dataset
+from MultiviewCRLLib.runtime.bundle import load_bundle
+from MultiviewCRLLib.runtime.restoration import RestorationConfig
+from MultiviewCRLLib.training.data import MAP_INPUT_KEYS, assign_splits, paired_dataset
 from MultiviewCRLLib.training.degradation import (
     IntensityCurve,
     KSpaceTruncation,
@@ -16,7 +20,9 @@ from MultiviewCRLLib.training.degradation import (
     field_of_view_cut,
     random_field_of_view_cut,
 )
-from MultiviewCRLLib.training.discovery import discover_bids
+from MultiviewCRLLib.training.discovery import discover, discover_bids
+from MultiviewCRLLib.training.restoration import restoration_cases
+from MultiviewCRLLib.training.runs import split_pairs
 
 
 def smooth_volume(shape=(20, 24, 18)) -> torch.Tensor:
@@ -134,3 +140,20 @@ def test_a_randomised_map_input_is_a_masked_z_scored_copy_and_leaves_the_views_r
         # The view itself is drawn as without randomisation; only the map's copy is randomised.
         torch.testing.assert_close(item[view], plain[view])
         assert np.corrcoef(item[view].flatten(), item[copy].flatten())[0, 1] < 0.99
+
+
+def test_training_cases_with_cut_slabs_are_z_scored_where_they_have_data(cohort64):
+    report = discover(cohort64)
+    pairs = split_pairs(report, assign_splits(report.kept, 0))["train"][:4]
+    bundle = load_bundle(Path(__file__).resolve().parents[2] / "Resources" / "Models" / "demo")
+    config = RestorationConfig(map_channels=bundle.model.map_channels)
+    cases = restoration_cases(pairs, bundle, config, seed=0, cut_share=0.3)
+    shares = [float(c.covered.sum() / (c.mask > 0.5).sum()) for c in cases]
+    assert min(shares) < 0.95 and max(shares) == 1.0, shares  # some acquisitions miss part of the brain
+    for case, share in zip(cases, shares):
+        covered, missed = case.covered > 0.5, (case.mask > 0.5) & (case.covered < 0.5)
+        for volume in (case.lowres, case.reference):  # input and target in one set of units, as restore_scan's
+            assert abs(float(volume[covered].mean())) < 1e-4 and abs(float(volume[covered].std()) - 1) < 1e-3
+        if share < 1.0:  # where the slab has no data, the input lies below any tissue; the target is anatomy
+            assert float(case.lowres[missed].max()) < float(case.lowres[covered].quantile(0.01))
+            assert float(case.reference[missed].std()) > 0.3
