@@ -170,7 +170,7 @@ def restored_if_coarse(
         f"{called['lowres']} ({acquired} mm voxels) is much coarser than the {grid_mm:g} mm restoration grid: "
         f"it was restored on it ({how}) before the analysis"
     )
-    uncovered = uncovered_words(restored.record, called, guided=how.startswith("guided"))
+    uncovered = uncovered_words(restored.record, called, guided=guide_view in ready and out.guide_mismatch is None)
     if uncovered:
         out.notes.append(uncovered)
     check = restored.record.get("guide_check") if out.guide_mismatch is None else None

@@ -133,6 +133,8 @@ def thick_slice_acquisition(
     return ThickSlices(int(rng.integers(3)), thickness, spacing, rng.uniform(0, spacing))
 
 
+# A skull-stripped acquisition's brain: its voxels above this share of its maximum (k-space
+# truncation's ringing in the air stays below it).
 BRAIN_OF_MAXIMUM = 0.05
 
 
@@ -157,8 +159,7 @@ def random_field_of_view_cut(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``field_of_view_cut`` at a random end of ``axis`` (a thick-slice acquisition's slice axis; by
     default a random one) that misses up to ``max_share`` of the extent the skull-stripped
-    acquisition's brain spans along it (its voxels above ``BRAIN_OF_MAXIMUM`` of its maximum,
-    k-space ringing aside), besides the slices beyond the brain."""
+    acquisition's brain spans along it (``BRAIN_OF_MAXIMUM``), besides the slices beyond the brain."""
     axis = int(rng.integers(3)) if axis is None else axis
     array = acquisition[0]
     brain = np.moveaxis(array > BRAIN_OF_MAXIMUM * array.max(), axis, 0)

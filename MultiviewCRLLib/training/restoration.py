@@ -48,8 +48,8 @@ from .degradation import LOWRES_ACQUISITIONS, ThickSlices, random_field_of_view_
 from .discovery import Pair
 from .synthetic import noise_free_reference
 
-# Training slabs that miss up to this share of the grid at one end: a clinical slab placed over
-# the cerebrum often misses the skull base, as the raw scans' T2w does (3-15 % of the brain).
+# Training slabs that miss up to this share of the brain's extent at one end: a clinical slab placed
+# over the cerebrum often misses the skull base, as the raw scans' T2w does (3-15 % of the brain).
 FIELD_OF_VIEW_CUT_SHARE = 0.3
 
 
@@ -85,7 +85,7 @@ def restoration_cases(
 ) -> list[RestorationCase]:
     """Every degradation of each pair's ``config.view``, guided by its other view (``bundle``'s map).
     ``cut_share`` > 0 (training cases): half of the acquisitions, drawn at random, miss up to that
-    share of their extent at one end (``random_field_of_view_cut``), so that a guided network
+    share of the brain's extent at one end (``random_field_of_view_cut``), so that a guided network
     learns to fill what a slab did not cover from the guide instead of keeping it dark."""
     from ..config import VIEW_NAMES, VIEWS
 
@@ -111,8 +111,8 @@ def restoration_cases(
             linear = onto_grid(*acquisition, guide_image, "linear")
             covered = with_data(linear) * mask
             lowres, bspline, target = (
-                standardised(volume, mask, covered)
-                for volume in (linear, onto_grid(*acquisition, guide_image, "B-spline"), reference.as_tensor())
+                standardised(resampled, mask, covered)
+                for resampled in (linear, onto_grid(*acquisition, guide_image, "B-spline"), reference.as_tensor())
             )
             cases.append(
                 RestorationCase(pair.key, name, lowres, bspline, target, guide, mask, covered, guide_image, acquisition)
