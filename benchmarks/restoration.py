@@ -6,8 +6,8 @@
 
 Every training and test subject's T2w is acquired twice at low resolution from its noisy image
 (k-space truncated by 2 per axis; 6 mm slabs along a random axis with gaps), resampled onto its
-T1w's 2 mm grid and restored there; half of the training acquisitions also miss up to 30 % of
-the brain's extent at one end (a slab's field of view), which the guided network learns to fill
+T1w's 2 mm grid and restored there; half of the training slabs also miss up to 30 % of the
+brain's extent at one end of their slice axis (a slab's field of view), which the guided network learns to fill
 from the guide. Six networks are trained on the same subjects: guided by the T1w (its image and the
 bundle's content map) and alone, with and without the contrastive loss, alone also with 10 % of
 the high-resolution volumes. On the test subjects, against the noise-free

@@ -273,7 +273,9 @@ def acquisition_kind(spacing, grid_mm: float = max(RESTORATION_GRID.spacing_mm))
     """``ACQUISITION_KINDS``' name for voxels of ``spacing`` (mm per axis) restored onto a grid of
     ``grid_mm``: slices thinner or thicker than THICK_SLICES_MM, or coarse voxels (as k-space
     truncation gives). Detail finer than the grid counts as the grid's."""
-    effective = np.maximum(np.asarray(spacing, dtype=float), grid_mm)
+    # To the 0.01 mm a header states: a resampled affine's rounding must not move 3 mm slices
+    # (exactly SLAB_ANISOTROPY times a 2 mm grid) between kinds.
+    effective = np.maximum(np.round(np.asarray(spacing, dtype=float), 2), grid_mm)
     if effective.max() < SLAB_ANISOTROPY * effective.min():
         return ACQUISITION_KINDS[2]
     return ACQUISITION_KINDS[int(effective.max() >= THICK_SLICES_MM)]
@@ -297,20 +299,23 @@ def acquisition_blur(volume: torch.Tensor, grid_affine, acquired_axes) -> torch.
 
 def guide_disagreement(guided, alone, acquired, mask, grid_affine, acquired_axes) -> float:
     """How far the guide moves the restoration, in units of what the view's own data leave open: the
-    root-mean-square difference between the guided and the unguided restoration over the unguided
-    one's difference from the acquisition, inside ``mask`` less its outer ``GUIDE_CHECK_EDGE_MM``
-    (where both end at the guide's brain outline), each (1, X, Y, Z) in the view's standardised
-    units, all smoothed to the acquisition's voxels. With the same person's guide the guided
-    restoration stays within what the data leave open; another person's anatomy moves it further.
-    Misfits to the data alone would not do: with another person's guide a restoration can lose
-    contrast, and smoothed it then fits the data no worse."""
+    mean absolute difference between the guided and the unguided restoration over the unguided
+    one's mean absolute difference from the acquisition, inside ``mask`` less its outer
+    ``GUIDE_CHECK_EDGE_MM`` (where both end at the guide's brain outline), each (1, X, Y, Z) in the
+    view's standardised units, all smoothed to the acquisition's voxels. With the same person's
+    guide the guided restoration stays within what the data leave open; another person's anatomy
+    moves it further, all over the brain. Absolute, not squared, differences: where a prepared
+    pair's brain mask reaches past the brain, the guide's skull moves a thin rim a long way, and
+    that rim must weigh as the few voxels it is. Misfits to the data alone would not do: with
+    another person's guide a restoration can lose contrast, and smoothed it then fits the data no
+    worse."""
     edge = int(round(GUIDE_CHECK_EDGE_MM / float(np.linalg.norm(np.asarray(grid_affine)[:3, :3], axis=0).min())))
     inside = erode((mask > 0.5).float()[None], 2 * edge + 1)[0] > 0.5
     data, guided_blurred, alone_blurred = (
         acquisition_blur(volume, grid_affine, acquired_axes)[inside] for volume in (acquired, guided, alone)
     )
-    moved = float((guided_blurred - alone_blurred).square().mean().sqrt())
-    return moved / max(float((alone_blurred - data).square().mean().sqrt()), 1e-6)
+    moved = float((guided_blurred - alone_blurred).abs().mean())
+    return moved / max(float((alone_blurred - data).abs().mean()), 1e-6)
 
 
 def restore_scan(

@@ -155,12 +155,11 @@ def field_of_view_cut(
 
 
 def random_field_of_view_cut(
-    acquisition: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, max_share: float, axis: int | None = None
+    acquisition: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, max_share: float, axis: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``field_of_view_cut`` at a random end of ``axis`` (a thick-slice acquisition's slice axis; by
-    default a random one) that misses up to ``max_share`` of the extent the skull-stripped
-    acquisition's brain spans along it (``BRAIN_OF_MAXIMUM``), besides the slices beyond the brain."""
-    axis = int(rng.integers(3)) if axis is None else axis
+    """``field_of_view_cut`` at a random end of ``axis`` (a thick-slice acquisition's slice axis)
+    that misses up to ``max_share`` of the extent the skull-stripped acquisition's brain spans
+    along it (``BRAIN_OF_MAXIMUM``), besides the slices beyond the brain."""
     array = acquisition[0]
     brain = np.moveaxis(array > BRAIN_OF_MAXIMUM * array.max(), axis, 0)
     filled = np.flatnonzero(brain.reshape(array.shape[axis], -1).any(axis=1))

@@ -84,9 +84,11 @@ def restoration_cases(
     cut_share: float = 0.0,
 ) -> list[RestorationCase]:
     """Every degradation of each pair's ``config.view``, guided by its other view (``bundle``'s map).
-    ``cut_share`` > 0 (training cases): half of the acquisitions, drawn at random, miss up to that
-    share of the brain's extent at one end (``random_field_of_view_cut``), so that a guided network
-    learns to fill what a slab did not cover from the guide instead of keeping it dark."""
+    ``cut_share`` > 0 (training cases): half of the thick-slice acquisitions, drawn at random, miss
+    up to that share of the brain's extent at one end of their slice axis
+    (``random_field_of_view_cut``), so that a guided network learns to fill what a slab did not
+    cover from the guide instead of keeping it dark. A 3D acquisition covers the head, so k-space
+    views stay whole."""
     from ..config import VIEW_NAMES, VIEWS
 
     grid = grid or RESTORATION_GRID
@@ -105,9 +107,8 @@ def restoration_cases(
         for name, (_, degradation) in LOWRES_ACQUISITIONS.items():
             acquire = degradation(rng, float(image.header.get_zooms()[0]))
             acquisition = acquire.acquire(volume, affine)
-            if cut_share > 0 and rng.random() < 0.5:
-                axis = acquire.axis if isinstance(acquire, ThickSlices) else None  # slabs end across their slices
-                acquisition = random_field_of_view_cut(acquisition, rng, cut_share, axis)
+            if cut_share > 0 and isinstance(acquire, ThickSlices) and rng.random() < 0.5:
+                acquisition = random_field_of_view_cut(acquisition, rng, cut_share, acquire.axis)
             linear = onto_grid(*acquisition, guide_image, "linear")
             covered = with_data(linear) * mask
             lowres, bspline, target = (

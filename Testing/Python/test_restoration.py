@@ -19,6 +19,7 @@ from MultiviewCRLLib.runtime.restoration import (
     RestorationConfig,
     RestorationError,
     RestorationNetwork,
+    acquisition_kind,
     load_restoration,
     onto_grid,
     restore,
@@ -272,6 +273,19 @@ def test_a_prepared_thick_slice_view_is_restored_as_acquired_not_as_resampled(co
     assert any("'thick.nii.gz' (2.0 x 2.0 x 8.0 mm voxels)" in n and "restored" in n for n in analysis.notes)
     # The bundle's check of prepared pairs is calibrated on raw scans' 3 mm slices, not on 8 mm slabs.
     assert any("not calibrated for thick slices, prepared from raw scans" in n for n in analysis.notes)
+
+
+def test_the_kind_of_a_tilted_slab_does_not_hang_on_its_affine_s_rounding():
+    # A raw scan's 0.9 x 0.9 x 3 mm slab, rotated and resampled by the preparation, comes back with
+    # voxel edges a hair either side of 3 mm; its guide-check threshold must not flip with them.
+    axes = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0] @ np.diag([0.9, 0.9, 3.0])
+    for error in (-1e-6, 0.0, 1e-6):
+        spacing = np.linalg.norm(axes, axis=0) + error
+        assert acquisition_kind(spacing) == "slices under 4.5 mm", spacing
+    assert acquisition_kind([4.0, 4.0, 4.0]) == "coarse voxels"
+    assert acquisition_kind([2.0, 2.0, 6.0]) == "thick slices"
+    assert acquisition_kind([2.0, 2.0, 4.5 - 1e-6]) == "thick slices"
+    assert acquisition_kind([2.0, 2.0, 2.9]) == "coarse voxels"
 
 
 def test_the_generator_writes_each_t2w_acquired_at_low_resolution_beside_its_references(tmp_path):
