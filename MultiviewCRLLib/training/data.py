@@ -101,6 +101,10 @@ def augmentation() -> Compose:
 
 # Each view's copy that only the content map reads, when training randomises the map's input alone.
 MAP_INPUT_KEYS = tuple(f"map_{key}" for key in VIEW_KEYS)
+# The copy's own log-linear bias field, at each end of the grid: as strong as the cohort's fields
+# (a log gradient up to 0.3 per 80 mm, so about 0.35 at the grid's ends). The target keeps the view's
+# field, so a map that carries the field its input shows reconstructs worse: it has to leave fields out.
+MAP_INPUT_FIELD = 0.35
 
 
 def randomised_contrast(key: str, randomise: float, monotone: bool = False) -> list:
@@ -124,7 +128,8 @@ def view_augmentation(randomise: float = 0.0, map_input: bool = False) -> Compos
     (``randomised_contrast``). With ``map_input`` they go instead to a copy of each augmented view
     (``MAP_INPUT_KEYS``, masked and z-scored too, curves kept monotone): the content map reads the
     copy, while the style and the reconstruction's target stay the realistic view, so the map has
-    to give one tissue code whatever the contrast and resolution it is read from.
+    to give one tissue code whatever the contrast, resolution and bias field it is read from (each
+    copy gets a log-linear field of its own, ``MAP_INPUT_FIELD``, before its randomisation).
     """
     transforms = []
     for key in VIEW_KEYS:  # one instance per view: the draws are independent
@@ -141,7 +146,11 @@ def view_augmentation(randomise: float = 0.0, map_input: bool = False) -> Compos
         copied = [*VIEW_KEYS, *(mask_key(k) for k in VIEW_KEYS)]
         transforms.append(CopyItemsd(copied, names=[*MAP_INPUT_KEYS, *(mask_key(k) for k in MAP_INPUT_KEYS)]))
         for key in MAP_INPUT_KEYS:
-            transforms += randomised_contrast(key, randomise, monotone=True)
+            transforms += [
+                ScaleIntensityd(key, minv=0.0, maxv=1.0),
+                RandBiasFieldd(key, degree=1, coeff_range=(-MAP_INPUT_FIELD, MAP_INPUT_FIELD), prob=1.0),
+                *randomised_contrast(key, randomise, monotone=True),
+            ]
         transforms += normalisation(MAP_INPUT_KEYS)
         transforms.append(DeleteItemsd([mask_key(k) for k in MAP_INPUT_KEYS]))  # the views' masks are theirs
     return Compose(transforms)

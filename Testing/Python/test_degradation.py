@@ -142,6 +142,19 @@ def test_a_randomised_map_input_is_a_masked_z_scored_copy_and_leaves_the_views_r
         assert np.corrcoef(item[view].flatten(), item[copy].flatten())[0, 1] < 0.99
 
 
+def test_a_randomised_map_input_has_a_bias_field_of_its_own(cohort64):
+    pairs = discover_bids(cohort64).kept[:1]
+    preprocessing = PRESETS["tiny-spatial"].preprocessing
+    slopes = []
+    for seed in range(6):  # contrast and resolution almost never drawn: what is left is the copy's field
+        item = paired_dataset(pairs, preprocessing, seed=seed, view_augment=True, randomise=1e-9, map_input=True)[0]
+        difference, inside = item["map_t1"][0] - item["t1"][0], item["mask_t1"][0] > 0.5
+        half = len(difference) // 2
+        slopes.append(float(difference[:half][inside[:half]].mean() - difference[half:][inside[half:]].mean()))
+    # Left and right of the brain the copy departs from the view, each draw with its own sign and size.
+    assert min(slopes) < -0.1 and max(slopes) > 0.1, slopes
+
+
 def test_training_cases_with_cut_slabs_are_z_scored_where_they_have_data(cohort64):
     report = discover(cohort64)
     pairs = split_pairs(report, assign_splits(report.kept, 0))["train"][:4]
