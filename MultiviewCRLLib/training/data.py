@@ -101,9 +101,9 @@ def augmentation() -> Compose:
 
 # Each view's copy that only the content map reads, when training randomises the map's input alone.
 MAP_INPUT_KEYS = tuple(f"map_{key}" for key in VIEW_KEYS)
-# The copy's own log-linear bias field, at each end of the grid: as strong as the cohort's fields
-# (a log gradient up to 0.3 per 80 mm, so about 0.35 at the grid's ends). The target keeps the view's
-# field, so a map that carries the field its input shows reconstructs worse: it has to leave fields out.
+# The largest log of the copy's own log-linear bias field at the grid's ends: as strong as the cohort's
+# fields (a log gradient up to 0.3 per 80 mm, about 0.35 over half the grid). The target keeps the view's
+# field, so a map that carried the field of what it reads would reconstruct worse.
 MAP_INPUT_FIELD = 0.35
 
 
