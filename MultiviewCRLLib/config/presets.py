@@ -78,6 +78,10 @@ PRESETS = {
             warmup_steps=50,
             augment=True,
             view_augment=True,
+            # The map reads a copy of each view with a random contrast, resolution and bias field, so
+            # that it codes tissue rather than intensity and carries no view's bias field.
+            contrast_randomisation=0.5,
+            randomised_map_input=True,
             log_every=10,
             image_every=100,
             checkpoint_every=100,
