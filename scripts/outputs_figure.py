@@ -6,9 +6,13 @@ cohort's scans are skull-stripped and on the template's grid already), and every
 the resulting volume and table nodes: inputs; reconstructions and cross-view images; error maps;
 the content maps (spatial family) and the content dimensions of both views. Axial slices through the
 input T1w's brain centre, in RAS millimetres, radiological convention (patient right on the left) as
-in Slicer's slice views.
+in Slicer's slice views. With ``--labels`` (the subject's tissue labels, e.g. the synthetic cohort's
+``derivatives/tissues``) a last row shows its lesions, outlined, through the slice that holds most of
+them: the T2w, both cross-view images, and the content map's channel that is most present in the
+lesions against the white matter around them.
 
-    python scripts/outputs_figure.py --t1 T1.nii.gz --t2 T2.nii.gz --out Resources/Screenshots/outputs.png
+    python scripts/outputs_figure.py --t1 T1.nii.gz --t2 T2.nii.gz [--labels dseg.nii.gz]
+        [--out Resources/Screenshots/outputs.png]
 """
 
 from __future__ import annotations
@@ -28,25 +32,93 @@ def ras_volume(node) -> tuple[np.ndarray, np.ndarray]:
     """The node's [i, j, k] array reoriented to the closest RAS axes, and its affine."""
     from MultiviewCRLLib.slicer_nodes import array_affine_from_node
 
-    array, affine = array_affine_from_node(node)
-    image = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(array, dtype=np.float32), affine))
+    return canonical(*array_affine_from_node(node))
+
+
+def canonical(array, affine) -> tuple[np.ndarray, np.ndarray]:
+    """An [i, j, k] array and its affine reoriented to the closest RAS axes."""
+    image = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(array, dtype=np.float32), np.asarray(affine)))
     return np.asarray(image.dataobj), image.affine
 
 
-def draw_axial(ax, node, z_mm: float, title: str, cmap: str = "gray", vmax: float | None = None) -> None:
-    """The node's axial slice nearest to ``z_mm`` (RAS), drawn in millimetres."""
-    array, affine = ras_volume(node)
+def axial_plane(array: np.ndarray, affine: np.ndarray, z_mm: float) -> tuple[np.ndarray, tuple]:
+    """The RAS-ordered volume's axial slice nearest to ``z_mm`` and its extent in millimetres,
+    radiological (patient right on the left)."""
     k = int(np.clip(round((z_mm - affine[2, 3]) / affine[2, 2]), 0, array.shape[2] - 1))
-    plane = array[:, :, k].T  # rows: posterior -> anterior; columns: right -> left in RAS x
     x0, y0 = affine[0, 3], affine[1, 3]
     x1, y1 = x0 + affine[0, 0] * array.shape[0], y0 + affine[1, 1] * array.shape[1]
+    return array[:, :, k].T, (x1, x0, y0, y1)  # rows: posterior -> anterior
+
+
+def draw_plane(ax, array, affine, z_mm: float, title: str, cmap: str = "gray", vmax: float | None = None) -> None:
+    plane, extent = axial_plane(*canonical(array, affine), z_mm)
     low, high = np.percentile(plane, [1, 99]) if vmax is None else (0, vmax)
-    ax.imshow(plane, cmap=cmap, origin="lower", extent=(x1, x0, y0, y1), vmin=low, vmax=high)
+    ax.imshow(plane, cmap=cmap, origin="lower", extent=extent, vmin=low, vmax=high)
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
 
 
-def render(result: dict, inputs: dict, content_dim: int, out: Path) -> Path:
+def draw_axial(ax, node, z_mm: float, title: str, cmap: str = "gray", vmax: float | None = None) -> None:
+    """The node's axial slice nearest to ``z_mm`` (RAS), drawn in millimetres."""
+    from MultiviewCRLLib.slicer_nodes import array_affine_from_node
+
+    draw_plane(ax, *array_affine_from_node(node), z_mm, title, cmap, vmax)
+
+
+def outline(ax, mask: np.ndarray, affine: np.ndarray, z_mm: float) -> None:
+    """The mask's outline on the axial slice nearest to ``z_mm``, in red."""
+    plane, extent = axial_plane(*canonical(mask, affine), z_mm)
+    x1, x0, y0, y1 = extent
+    xs = np.linspace(x1, x0, plane.shape[1])
+    ys = np.linspace(y0, y1, plane.shape[0])
+    if plane.any():
+        ax.contour(xs, ys, plane, levels=[0.5], colors="red", linewidths=0.8)
+
+
+def lesion_channel(content_map: np.ndarray, labels: np.ndarray) -> int:
+    """The map channel whose mean weight in the lesions most exceeds its mean in white matter."""
+    from MultiviewCRLLib.training.clinical import TISSUES
+
+    lesion, white = labels == TISSUES["lesion"], labels == TISSUES["WM"]
+    return int(np.argmax(content_map[:, lesion].mean(1) - content_map[:, white].mean(1)))
+
+
+def draw_lesion_row(fig, grid, row: int, result: dict, labels, inputs: dict) -> None:
+    """The lesions (``labels`` on the model grid), outlined over the T2w, both cross-view images and
+    the T2w content map's lesion channel, through the axial slice with most lesion voxels."""
+    from MultiviewCRLLib.training.clinical import TISSUES
+
+    lesion = (np.asarray(labels) == TISSUES["lesion"]).astype(np.float32)
+    affine = np.asarray(labels.affine)
+    ras_lesion, ras_affine = canonical(lesion, affine)
+    k = int(ras_lesion.sum((0, 1)).argmax())
+    z_mm = float(ras_affine[2, 3] + ras_affine[2, 2] * k)
+    analysis, images = result["analysis"], result["images"]
+    content_map = np.asarray(analysis.content_maps["T2w"], dtype=np.float32)
+    channel = lesion_channel(content_map, np.asarray(labels))
+    panels = [
+        (inputs["T2w"], f"{inputs['T2w'].GetName()}: lesions outlined ({lesion.sum():.0f} voxels)"),
+        (images["T1w→T2w"], images["T1w→T2w"].GetName()),
+        (images["T2w→T1w"], images["T2w→T1w"].GetName()),
+    ]
+    for column, (node, title) in enumerate(panels):
+        ax = fig.add_subplot(grid[row, column])
+        draw_axial(ax, node, z_mm, title)
+        outline(ax, lesion, affine, z_mm)
+    ax = fig.add_subplot(grid[row, 3])
+    draw_plane(
+        ax,
+        content_map[channel],
+        analysis.content_maps["T2w"].affine,
+        z_mm,
+        f"T2w map channel {channel + 1}",
+        "viridis",
+        1.0,
+    )
+    outline(ax, lesion, affine, z_mm)
+
+
+def render(result: dict, inputs: dict, content_dim: int, out: Path, labels=None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,8 +132,9 @@ def render(result: dict, inputs: dict, content_dim: int, out: Path) -> Path:
     images, errors = result["images"], result["errors"]
     analysis = result["analysis"]
 
-    fig = plt.figure(figsize=(13, 10.5), constrained_layout=True)
-    grid = fig.add_gridspec(4, 4, height_ratios=[1, 1, 1, 0.8])
+    rows = [1, 1, 1, 0.8] + ([1] if labels is not None else [])
+    fig = plt.figure(figsize=(13, 2.6 * sum(rows)), constrained_layout=True)
+    grid = fig.add_gridspec(len(rows), 4, height_ratios=rows)
     for column, view in enumerate(VIEWS):
         draw_axial(fig.add_subplot(grid[0, column]), inputs[view], z_mm, inputs[view].GetName())
     text = fig.add_subplot(grid[0, 2:])
@@ -97,6 +170,8 @@ def render(result: dict, inputs: dict, content_dim: int, out: Path) -> Path:
     chart.set_ylabel("value")
     chart.set_title(result["chart"].GetTitle() + " (table node " + table.GetName() + ")", fontsize=9)
     chart.legend()
+    if labels is not None:
+        draw_lesion_row(fig, grid, 4, result, labels, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)
@@ -108,6 +183,7 @@ def main() -> None:
     parser.add_argument("--t1", type=Path, required=True, help="T1w image file")
     parser.add_argument("--t2", type=Path, required=True, help="T2w image file")
     parser.add_argument("--bundle", type=Path, default=ROOT / "Resources" / "Models" / "demo", help="model bundle")
+    parser.add_argument("--labels", type=Path, help="the subject's tissue labels (a row of its lesions)")
     parser.add_argument("--out", type=Path, default=ROOT / "Resources" / "Screenshots" / "outputs.png")
     args = parser.parse_args()
 
@@ -120,7 +196,12 @@ def main() -> None:
     inputs = {"T1w": read_volume_node(args.t1, scene), "T2w": read_volume_node(args.t2, scene)}
     bundle = load_bundle(args.bundle)
     result = analyse_nodes(bundle, inputs["T1w"], inputs["T2w"], scene=scene, prepare=False)
-    print(f"wrote {render(result, inputs, bundle.content_dim, args.out)}")
+    labels = None
+    if args.labels:
+        from MultiviewCRLLib.training.clinical import labels_on_grid
+
+        labels = labels_on_grid(args.labels, bundle.preprocessing)
+    print(f"wrote {render(result, inputs, bundle.content_dim, args.out, labels)}")
 
 
 if __name__ == "__main__":
