@@ -150,7 +150,7 @@ def render(result: dict, inputs: dict, content_dim: int, out: Path, labels=None)
         "256 content dimensions of both views.\n\n"
         f"content cosine T1w vs T2w: {analysis.content_cosine:.3f}\n"
         f"style distance: {analysis.style_distance:.2f}\n"
-        f"nearest cohort subjects (content cosine):\n  {nearest}",
+        f"nearest cohort subjects (content cosine\nabout the cohort mean):\n  {nearest}",
         fontsize=10,
         va="center",
         family="monospace",

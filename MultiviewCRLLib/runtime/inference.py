@@ -79,7 +79,7 @@ class PairAnalysis:
     errors: dict[str, MetaTensor] = field(default_factory=dict)  # name -> |prediction - input| in the mask
     content_cosine: float | None = None
     style_distance: float | None = None
-    nearest_cohort: list[tuple[str, float]] = field(default_factory=list)  # (subject, content cosine)
+    nearest_cohort: list[tuple[str, float]] = field(default_factory=list)  # (subject, cosine about the cohort mean)
     stratum: str | None = None  # the cohort stratum the pair falls in, in words
     check: CheckReport | None = None  # whether the inputs look like the training data
     notes: list[str] = field(default_factory=list)  # what preparation did to the inputs, in words
@@ -250,7 +250,10 @@ def analyse_pair(
         out.style_distance = (style_a - style_b).norm().item()
     if bundle.cohort_content is not None:
         content = torch.stack([model.content(out.latents[v]) for v in given]).mean(0)
-        similarity = F.cosine_similarity(bundle.cohort_content, content[None], dim=1)
+        # About the cohort's mean: every brain shares most of its content direction, so raw cosines
+        # all read 1.00 and cannot tell the nearest subjects from the rest.
+        mean = bundle.cohort_content.mean(0)
+        similarity = F.cosine_similarity(bundle.cohort_content - mean, (content - mean)[None], dim=1)
         order = similarity.argsort(descending=True)[:n_nearest]
         out.nearest_cohort = [(bundle.cohort_subjects[i], similarity[i].item()) for i in order.tolist()]
     if bundle.strata is not None:
@@ -308,7 +311,7 @@ def describe_analysis(analysis: PairAnalysis) -> str:
         )
     if analysis.nearest_cohort:
         nearest = ", ".join(f"{name} ({similarity:.2f})" for name, similarity in analysis.nearest_cohort[:3])
-        lines.append(f"Nearest training subjects by content: {nearest}")
+        lines.append(f"Nearest training subjects by content (cosine about the cohort mean): {nearest}")
     if analysis.stratum:
         lines.append(f"Cohort stratum: {analysis.stratum}")
     if analysis.check is not None:

@@ -1,6 +1,9 @@
 """The Slicer-side analysis against real MRML (slicer-core): nodes read from NIfTI by Slicer's own
 storage node, outputs on the model grid that overlay the inputs, and clear errors for bad nodes."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import slicer
@@ -260,3 +263,14 @@ def test_background_runner_gives_the_same_nodes_and_keeps_the_scene_on_cancel_or
     with pytest.raises(DeviceError, match="CUDA is not available"):
         analyse_nodes(report_grid_bundle, t1, t2, device="cuda:7", scene=scene, runner=BackgroundRunner())
     assert scene.GetNumberOfNodes() == before
+
+
+def test_a_training_subject_finds_itself_first_among_the_nearest_and_the_rest_well_below(scene, tiny_run_dir):
+    source = Path(json.loads((tiny_run_dir / "settings.json").read_text())["data"]["source"])
+    bundle = load_bundle(tiny_run_dir / "bundle")
+    subject = bundle.cohort_subjects[0]
+    t1, t2 = (read_volume_node(scene=scene, path=volume_path(source, subject, view)) for view in ("T1w", "T2w"))
+    nearest = analyse_nodes(bundle, t1, t2, scene=scene, prepare=False)["analysis"].nearest_cohort
+    assert nearest[0][0] == subject and nearest[0][1] > 0.99
+    # About the cohort's mean the similarities spread out; raw cosines of content all lie near 1.
+    assert nearest[1][1] < 0.95
