@@ -146,9 +146,10 @@ def render(result: dict, inputs: dict, content_dim: int, out: Path, labels=None)
         "Top row: the inputs. Second row: each view reconstructed from its own\n"
         "embedding, and each view synthesised from the OTHER view's content with\n"
         "this view's style. Third row: absolute error inside the brain mask\n"
-        "(z-scored units). Bottom: the content maps (spatial models) and the\n"
-        "256 content dimensions of both views.\n\n"
-        f"content cosine T1w vs T2w: {analysis.content_cosine:.3f}\n"
+        "(z-scored units). Fourth row: the content maps (spatial models) and\n"
+        "the 256 content dimensions of both views."
+        + ("\nLast row: the lesions, outlined in red.\n\n" if labels is not None else "\n\n")
+        + f"content cosine T1w vs T2w: {analysis.content_cosine:.3f}\n"
         f"style distance: {analysis.style_distance:.2f}\n"
         f"nearest cohort subjects (content cosine\nabout the cohort mean):\n  {nearest}",
         fontsize=10,
