@@ -18,6 +18,7 @@ lesions against the white matter around them.
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
 import nibabel as nib
@@ -140,6 +141,8 @@ def render(result: dict, inputs: dict, content_dim: int, out: Path, labels=None)
     text = fig.add_subplot(grid[0, 2:])
     text.set_axis_off()
     nearest = "\n  ".join(f"{name} ({cos:.2f})" for name, cos in analysis.nearest_cohort)
+    check = analysis.check
+    checked = "not calibrated" if check is None else "no warnings" if check.passed else "; ".join(check.warnings)
     text.text(
         0,
         0.5,
@@ -149,9 +152,10 @@ def render(result: dict, inputs: dict, content_dim: int, out: Path, labels=None)
         "(z-scored units). Fourth row: the content maps (spatial models) and\n"
         "the 256 content dimensions of both views."
         + ("\nLast row: the lesions, outlined in red.\n\n" if labels is not None else "\n\n")
-        + f"content cosine T1w vs T2w: {analysis.content_cosine:.3f}\n"
+        + f"content cosine T1w vs T2w: {analysis.content_cosine:.4f}\n"
         f"style distance: {analysis.style_distance:.2f}\n"
-        f"nearest cohort subjects (content cosine\nabout the cohort mean):\n  {nearest}",
+        f"nearest cohort subjects (content cosine\nabout the cohort mean):\n  {nearest}\n"
+        + textwrap.fill(f"input check: {checked}", 72),
         fontsize=10,
         va="center",
         family="monospace",

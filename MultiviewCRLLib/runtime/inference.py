@@ -307,7 +307,7 @@ def describe_analysis(analysis: PairAnalysis) -> str:
     lines += [f"Note: {text}." for text in analysis.notes]
     if analysis.content_cosine is not None:
         lines.append(
-            f"Content cosine T1w/T2w: {analysis.content_cosine:.3f}; style distance: {analysis.style_distance:.2f}"
+            f"Content cosine T1w/T2w: {analysis.content_cosine:.4f}; style distance: {analysis.style_distance:.2f}"
         )
     if analysis.nearest_cohort:
         nearest = ", ".join(f"{name} ({similarity:.2f})" for name, similarity in analysis.nearest_cohort[:3])

@@ -181,13 +181,13 @@ class InputCheck:
             same = percentile_in(self.same_subject, content_cosine)
             different = percentile_in(self.different_subjects, content_cosine)
             report.figures.append(
-                f"content agreement {content_cosine:.3f}: above {same:.0f}% of one person's pairs and "
+                f"content agreement {content_cosine:.4f}: above {same:.0f}% of one person's pairs and "
                 f"{different:.0f}% of two different people's pairs in validation"
             )
             if content_cosine < self.same_subject_threshold:
                 report.warnings.append(
-                    f"the {' and '.join(VIEWS)} do not look like one person (content agreement {content_cosine:.3f}, "
-                    f"below {self.same_subject_threshold:.3f}, typical of two different people); check that both "
+                    f"the {' and '.join(VIEWS)} do not look like one person (content agreement {content_cosine:.4f}, "
+                    f"below {self.same_subject_threshold:.4f}, typical of two different people); check that both "
                     "volumes belong to this patient"
                 )
         return report

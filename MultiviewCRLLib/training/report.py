@@ -97,7 +97,7 @@ def input_check_summary(metrics: dict) -> str:
         [
             "input check (thresholds from the validation subjects):",
             f"  atypicality past {thresholds}; brain mask outside {volumes}; "
-            f"content agreement below {check['same_subject_threshold']:.3f}",
+            f"content agreement below {check['same_subject_threshold']:.4f}",
             f"  clean test pairs warned about: {100 * check['clean_test_pairs_warned']:.1f}%",
         ]
     )
