@@ -52,7 +52,8 @@ def axial_plane(array: np.ndarray, affine: np.ndarray, z_mm: float) -> tuple[np.
 
 
 def draw_plane(ax, array, affine, z_mm: float, title: str, cmap: str = "gray", vmax: float | None = None) -> None:
-    plane, extent = axial_plane(*canonical(array, affine), z_mm)
+    """The RAS-ordered volume's axial slice nearest to ``z_mm`` (RAS), drawn in millimetres."""
+    plane, extent = axial_plane(array, affine, z_mm)
     low, high = np.percentile(plane, [1, 99]) if vmax is None else (0, vmax)
     ax.imshow(plane, cmap=cmap, origin="lower", extent=extent, vmin=low, vmax=high)
     ax.set_title(title, fontsize=9)
@@ -61,62 +62,42 @@ def draw_plane(ax, array, affine, z_mm: float, title: str, cmap: str = "gray", v
 
 def draw_axial(ax, node, z_mm: float, title: str, cmap: str = "gray", vmax: float | None = None) -> None:
     """The node's axial slice nearest to ``z_mm`` (RAS), drawn in millimetres."""
-    from MultiviewCRLLib.slicer_nodes import array_affine_from_node
-
-    draw_plane(ax, *array_affine_from_node(node), z_mm, title, cmap, vmax)
+    draw_plane(ax, *ras_volume(node), z_mm, title, cmap, vmax)
 
 
 def outline(ax, mask: np.ndarray, affine: np.ndarray, z_mm: float) -> None:
-    """The mask's outline on the axial slice nearest to ``z_mm``, in red."""
-    plane, extent = axial_plane(*canonical(mask, affine), z_mm)
-    x1, x0, y0, y1 = extent
-    xs = np.linspace(x1, x0, plane.shape[1])
-    ys = np.linspace(y0, y1, plane.shape[0])
+    """The RAS-ordered mask's outline on the axial slice nearest to ``z_mm``, in red."""
+    plane, extent = axial_plane(mask, affine, z_mm)
     if plane.any():
-        ax.contour(xs, ys, plane, levels=[0.5], colors="red", linewidths=0.8)
-
-
-def lesion_channel(content_map: np.ndarray, labels: np.ndarray) -> int:
-    """The map channel whose mean weight in the lesions most exceeds its mean in white matter."""
-    from MultiviewCRLLib.training.clinical import TISSUES
-
-    lesion, white = labels == TISSUES["lesion"], labels == TISSUES["WM"]
-    return int(np.argmax(content_map[:, lesion].mean(1) - content_map[:, white].mean(1)))
+        ax.contour(plane, levels=[0.5], origin="lower", extent=extent, colors="red", linewidths=0.8)
 
 
 def draw_lesion_row(fig, grid, row: int, result: dict, labels, inputs: dict) -> None:
     """The lesions (``labels`` on the model grid), outlined over the T2w, both cross-view images and
-    the T2w content map's lesion channel, through the axial slice with most lesion voxels."""
+    the T2w content map's channel whose mean weight in the lesions most exceeds its mean in white
+    matter, through the axial slice with most lesion voxels."""
     from MultiviewCRLLib.training.clinical import TISSUES
 
-    lesion = (np.asarray(labels) == TISSUES["lesion"]).astype(np.float32)
-    affine = np.asarray(labels.affine)
-    ras_lesion, ras_affine = canonical(lesion, affine)
-    k = int(ras_lesion.sum((0, 1)).argmax())
-    z_mm = float(ras_affine[2, 3] + ras_affine[2, 2] * k)
+    labels_array = np.asarray(labels)
+    lesion, white = labels_array == TISSUES["lesion"], labels_array == TISSUES["WM"]
+    ras_lesion, ras_affine = canonical(lesion, labels.affine)
+    z_mm = float(ras_affine[2, 3] + ras_affine[2, 2] * ras_lesion.sum((0, 1)).argmax())
     analysis, images = result["analysis"], result["images"]
     content_map = np.asarray(analysis.content_maps["T2w"], dtype=np.float32)
-    channel = lesion_channel(content_map, np.asarray(labels))
+    channel = int(np.argmax(content_map[:, lesion].mean(1) - content_map[:, white].mean(1)))
     panels = [
-        (inputs["T2w"], f"{inputs['T2w'].GetName()}: lesions outlined ({lesion.sum():.0f} voxels)"),
+        (inputs["T2w"], f"{inputs['T2w'].GetName()}: lesions outlined ({lesion.sum()} voxels)"),
         (images["T1w→T2w"], images["T1w→T2w"].GetName()),
         (images["T2w→T1w"], images["T2w→T1w"].GetName()),
     ]
     for column, (node, title) in enumerate(panels):
         ax = fig.add_subplot(grid[row, column])
         draw_axial(ax, node, z_mm, title)
-        outline(ax, lesion, affine, z_mm)
+        outline(ax, ras_lesion, ras_affine, z_mm)
     ax = fig.add_subplot(grid[row, 3])
-    draw_plane(
-        ax,
-        content_map[channel],
-        analysis.content_maps["T2w"].affine,
-        z_mm,
-        f"T2w map channel {channel + 1}",
-        "viridis",
-        1.0,
-    )
-    outline(ax, lesion, affine, z_mm)
+    channel_map = canonical(content_map[channel], analysis.content_maps["T2w"].affine)
+    draw_plane(ax, *channel_map, z_mm, f"T2w map channel {channel + 1}", "viridis", 1.0)
+    outline(ax, ras_lesion, ras_affine, z_mm)
 
 
 def render(result: dict, inputs: dict, content_dim: int, out: Path, labels=None) -> Path:
